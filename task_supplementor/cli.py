@@ -13,6 +13,7 @@ import sys
 # command -> (module, one-line help). Keep sorted by pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "check-facts": ("task_supplementor.check_facts", "validate a JSON-lines file of supplementor outputs (E1)"),
+    "make-tiny-models": ("supplementor_node.make_tiny_models", "write the tiny random-weight model checkpoints (tests, demo)"),
 }
 
 

@@ -1,0 +1,38 @@
+"""``task-supplementor make-tiny-models``: write every tiny random-weight checkpoint the tests and the demo use.
+
+Each maker saves a checkpoint in the official on-disk layout of the model it stands in for, so the nodes load it
+through the same code as the real weights. Makers are registered in ``TINY_MAKERS`` (name -> callable(out_dir)).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from supplementor_node.tiny_model import TinyQwenConfig, make_tiny_qwen
+
+DEFAULT_OUT = Path("artifacts/tiny_models")
+
+# directory name -> maker(out_dir) -> Path. Two Qwen checkpoints (different seeds) so a live swap can be shown.
+TINY_MAKERS: dict[str, Callable[[Path], Path]] = {
+    "qwen2_5_vl_tiny": lambda out: make_tiny_qwen(out, TinyQwenConfig(seed=0)),
+    "qwen2_5_vl_tiny_b": lambda out: make_tiny_qwen(out, TinyQwenConfig(seed=1)),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    parser.add_argument("--only", choices=sorted(TINY_MAKERS), action="append",
+                        help="make only these checkpoints (repeatable)")
+    parser.add_argument("--force", action="store_true", help="rebuild checkpoints that already exist")
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in args.only or sorted(TINY_MAKERS):
+        target = args.out / name
+        if (target / "config.json").exists() and not args.force:
+            print(f"{name}: exists at {target} (use --force to rebuild)")
+            continue
+        print(f"{name}: {TINY_MAKERS[name](target)}")
+    return 0
