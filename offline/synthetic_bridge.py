@@ -1,0 +1,178 @@
+"""``task-supplementor make-synthetic-bridge``: a small BridgeData v2 in its exact TFDS/RLDS layout, offline.
+
+Tests and ``make demo`` need bridge data without the 124 GB download. This writes ``OUT/bridge_dataset/1.0.0/``
+with the release's features (four 256x256 JPEG cameras, 7-D state and action, instruction, embedding, flags and
+episode metadata), readable by ``tfds.builder_from_directory``. Scenes are rendered by ``offline.scene``;
+everything is a function of the seed. ``--corrupt split:index`` truncates one JPEG in that episode so that the
+converter's corrupt-episode handling can be exercised on real files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from offline import bridge_layout as layout
+from offline.scene import IMAGE_SIZE, instruction_embedding, render_episode
+
+MISSING_CAMERA_EVERY = 3  # image_1 is absent in every third episode; image_2 is always absent (zero images)
+
+
+@dataclasses.dataclass
+class SyntheticConfig:
+    out: Path
+    episodes: int = 6  # train episodes
+    val_episodes: int = 2
+    seed: int = 0
+    min_steps: int = 20
+    max_steps: int = 40
+    corrupt: tuple[tuple[str, int], ...] = ()  # (split, index within split) episodes to damage on purpose
+    jpeg_quality: int = 90
+    overwrite: bool = False
+
+
+def present_cameras(global_index: int) -> tuple[str, ...]:
+    cams = ["image_0", "image_3"]
+    if global_index % MISSING_CAMERA_EVERY != MISSING_CAMERA_EVERY - 1:
+        cams.insert(1, "image_1")
+    return tuple(cams)
+
+
+def _jpeg(image: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def synthetic_episode(config: SyntheticConfig, split: str, index: int) -> dict:
+    """One episode as the nested dict TFDS encodes (images as JPEG bytes, so readers get exactly these bytes)."""
+    global_index = index if split == "train" else config.episodes + index
+    rng = np.random.default_rng([config.seed, global_index, 7])
+    n_steps = int(rng.integers(config.min_steps, config.max_steps + 1))
+    cams = present_cameras(global_index)
+    ep = render_episode(config.seed, global_index, n_steps, cams)
+    zero_jpeg = _jpeg(np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), config.jpeg_quality)
+    embedding = instruction_embedding(ep.instruction)
+    steps = []
+    for t in range(len(ep.states)):
+        observation = {cam: _jpeg(ep.images[cam][t], config.jpeg_quality) if cam in cams else zero_jpeg
+                       for cam in layout.CAMERAS}
+        observation["state"] = ep.states[t]
+        last = t == len(ep.states) - 1
+        steps.append({
+            "observation": observation,
+            "action": ep.actions[t],
+            "discount": np.float32(1.0),
+            "reward": np.float32(1.0 if last else 0.0),
+            "is_first": t == 0,
+            "is_last": last,
+            "is_terminal": last,
+            "language_instruction": ep.instruction,
+            "language_embedding": embedding,
+        })
+    if (split, index) in config.corrupt:
+        jpeg = steps[len(steps) // 2]["observation"]["image_0"]
+        steps[len(steps) // 2]["observation"]["image_0"] = jpeg[: len(jpeg) // 3]
+    return {
+        "steps": steps,
+        "episode_metadata": {
+            "file_path": f"/synthetic/bridge_data_v2/tabletop/pick_place/2024-01-01_00-00-00/raw/traj_group0/"
+                         f"traj{global_index}/obs_dict.pkl",
+            "episode_id": np.int32(global_index),
+            **{f"has_{cam}": cam in cams for cam in layout.CAMERAS},
+            "has_language": True,
+        },
+    }
+
+
+def _builder_class():
+    import tensorflow_datasets as tfds
+
+    class BridgeDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        """bridge_dataset 1.0.0 with rendered episodes instead of the recorded ones."""
+
+        name = layout.DATASET_NAME
+        VERSION = tfds.core.Version(layout.VERSION)
+
+        def __init__(self, *, synthetic: SyntheticConfig, **kwargs):
+            self._synthetic = synthetic
+            super().__init__(**kwargs)
+
+        def _info(self):
+            return self.dataset_info_from_configs(
+                features=layout.features(),
+                disable_shuffling=True,  # reading order = generation order, so episode indices are obvious
+                description="Synthetic BridgeData v2 (rendered tabletop pick-and-place) in the bridge_dataset layout.",
+            )
+
+        def _split_generators(self, dl_manager):
+            counts = {"train": self._synthetic.episodes, "val": self._synthetic.val_episodes}
+            return {split: self._generate_examples(split, n) for split, n in counts.items()}
+
+        def _generate_examples(self, split: str, count: int):
+            for index in range(count):
+                yield f"{split}_{index}", synthetic_episode(self._synthetic, split, index)
+
+    return BridgeDataset
+
+
+def write_synthetic_bridge(config: SyntheticConfig) -> Path:
+    """Write the dataset and return its version folder (``OUT/bridge_dataset/1.0.0``)."""
+    import tensorflow_datasets as tfds
+
+    version_dir = Path(config.out) / layout.DATASET_NAME / layout.VERSION
+    if version_dir.exists():
+        if not config.overwrite:
+            raise FileExistsError(f"{version_dir} already exists; pass --overwrite to replace it")
+        shutil.rmtree(version_dir)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    builder = _builder_class()(synthetic=config, data_dir=str(config.out))
+    with tempfile.TemporaryDirectory() as downloads:  # nothing is downloaded; keep TFDS from leaving a folder
+        builder.download_and_prepare(download_dir=downloads)
+    return version_dir
+
+
+def _parse_corrupt(values: list[str]) -> tuple[tuple[str, int], ...]:
+    parsed = []
+    for value in values:
+        split, _, index = value.partition(":")
+        if split not in layout.SPLITS or not index.isdigit():
+            raise argparse.ArgumentTypeError(f"--corrupt expects SPLIT:INDEX with SPLIT in {layout.SPLITS}: {value!r}")
+        parsed.append((split, int(index)))
+    return tuple(parsed)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="data dir; the dataset goes to OUT/bridge_dataset/1.0.0")
+    parser.add_argument("--episodes", type=int, default=SyntheticConfig.episodes, help="train episodes")
+    parser.add_argument("--val-episodes", type=int, default=SyntheticConfig.val_episodes, help="val episodes")
+    parser.add_argument("--seed", type=int, default=SyntheticConfig.seed)
+    parser.add_argument("--min-steps", type=int, default=SyntheticConfig.min_steps)
+    parser.add_argument("--max-steps", type=int, default=SyntheticConfig.max_steps)
+    parser.add_argument("--corrupt", action="append", default=[], metavar="SPLIT:INDEX",
+                        help="truncate one JPEG of this episode (to exercise error handling); repeatable")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/bridge_dataset/1.0.0")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.min_steps < 16 or args.max_steps < args.min_steps:
+        print("make-synthetic-bridge: need 16 <= --min-steps <= --max-steps", file=sys.stderr)
+        return 2
+    config = SyntheticConfig(out=args.out, episodes=args.episodes, val_episodes=args.val_episodes, seed=args.seed,
+                             min_steps=args.min_steps, max_steps=args.max_steps,
+                             corrupt=_parse_corrupt(args.corrupt), overwrite=args.overwrite)
+    try:
+        version_dir = write_synthetic_bridge(config)
+    except FileExistsError as exc:
+        print(f"make-synthetic-bridge: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {config.episodes} train + {config.val_episodes} val episodes to {version_dir}")
+    return 0
