@@ -1,0 +1,51 @@
+"""The interface every supplementor backend implements, and its configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from supplementor_node.qwen_inputs import Prompt
+
+BACKENDS = ("transformers", "vllm")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """What a backend needs to load a checkpoint. ``auto`` resolves to cuda/bf16 when a GPU exists, else cpu/fp32."""
+
+    checkpoint: str
+    backend: str = "transformers"
+    device: str = "auto"
+    dtype: str = "auto"
+    image_max_pixels: int = 256 * 28 * 28
+    json_schema: dict[str, Any] | None = None   # constrain decoding to this schema when set
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    text: str
+    new_tokens: int
+
+
+class Backend(Protocol):
+    """Loaded model: greedy generation for a batch of prompts; exposes the tokenizer for the token-length rule."""
+
+    model_id: str
+    tokenizer: Any
+
+    def generate(self, prompts: list[Prompt], max_new_tokens: int) -> list[GenerationOutput]: ...
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
+    """Turn 'auto' into concrete values: bf16 on GPU (the checkpoint's dtype), float32 on CPU (bf16 is slow there)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} not in {DTYPES}")
+    return device, dtype

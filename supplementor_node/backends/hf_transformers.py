@@ -1,0 +1,47 @@
+"""Default backend: ``Qwen2_5_VLForConditionalGeneration`` from transformers, greedy ``generate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from supplementor_node.backends.base import BackendConfig, GenerationOutput, resolve_device_dtype
+from supplementor_node.qwen_inputs import CheckpointError, Prompt, QwenVLInputBuilder
+
+
+class TransformersBackend:
+    def __init__(self, cfg: BackendConfig):
+        import torch
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        path = Path(cfg.checkpoint)
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path}: no config.json (missing or not a checkpoint directory)")
+        self.device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+        self.model_id = cfg.checkpoint
+        self.inputs = QwenVLInputBuilder(path, max_pixels=cfg.image_max_pixels)
+        self.tokenizer = self.inputs.tokenizer
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            path, dtype=getattr(torch, dtype)).to(self.device).eval()
+        self.constraint = None
+        if cfg.json_schema is not None:
+            from supplementor_node.constrained import JsonSchemaConstraint
+
+            self.constraint = JsonSchemaConstraint(
+                self.tokenizer, self.model.config.text_config.vocab_size, cfg.json_schema)
+
+    def generate(self, prompts: list[Prompt], max_new_tokens: int) -> list[GenerationOutput]:
+        import torch
+
+        batch = {k: v.to(self.device) for k, v in self.inputs.build(prompts).items()}
+        batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
+        processors = [self.constraint.logits_processor()] if self.constraint else None
+        with torch.inference_mode():
+            out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                      logits_processor=processors)
+        new = out[:, batch["input_ids"].shape[1]:].cpu()
+        results = []
+        for row in new:
+            special = torch.isin(row, torch.tensor(self.tokenizer.all_special_ids))
+            n = int((~special).sum())
+            results.append(GenerationOutput(self.tokenizer.decode(row, skip_special_tokens=True), n))
+        return results

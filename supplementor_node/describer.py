@@ -1,0 +1,72 @@
+"""One frame (or a batch) + task -> judged facts: prompt spec, backend, then the facts contract.
+
+This is the supplementor's whole model-side job, shared by the node, the benchmark and offline labelling. Every
+output goes through :func:`task_supplementor.facts.evaluate_output`, so an invalid output comes back flagged with its
+reasons instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from supplementor_node.backends import Backend, BackendConfig, load_backend
+from supplementor_node.prompt_spec import PromptSpec, load_prompt_spec
+from supplementor_node.qwen_inputs import Prompt
+from task_supplementor.facts import FactsOutcome, Limits, evaluate_output, facts_json_schema
+
+
+@dataclass(frozen=True)
+class DescriberConfig:
+    """Everything that decides which model runs and how; changing any field means loading a new Describer."""
+
+    checkpoint: str
+    backend: str = "transformers"
+    device: str = "auto"
+    dtype: str = "auto"
+    image_max_pixels: int = 256 * 28 * 28
+    prompt_version: str = "v1"
+    constrained_decoding: bool = True
+    limits: Limits = field(default_factory=Limits)
+    max_name_chars: int = 40   # bound on free-text fields under constrained decoding, so output stays bounded
+
+
+@dataclass(frozen=True)
+class Description:
+    outcome: FactsOutcome
+    raw_text: str
+    new_tokens: int
+    model_id: str
+    prompt_version: str
+    inference_s: float     # wall time of the batch this frame was part of
+
+
+class Describer:
+    """A loaded model ready to describe frames. Immutable once built: swapping models means a new Describer."""
+
+    def __init__(self, cfg: DescriberConfig):
+        self.cfg = cfg
+        self.spec: PromptSpec = load_prompt_spec(cfg.prompt_version)   # fails fast, before the model load
+        limits = cfg.limits
+        schema = facts_json_schema(limits.max_objects, limits.max_relations, limits.max_attributes,
+                                   cfg.max_name_chars) if cfg.constrained_decoding else None
+        self.backend: Backend = load_backend(BackendConfig(
+            checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device, dtype=cfg.dtype,
+            image_max_pixels=cfg.image_max_pixels, json_schema=schema))
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    def describe(self, frames: list[tuple[np.ndarray, str]], max_new_tokens: int) -> list[Description]:
+        """frames: (RGB uint8 image, task) pairs, described in one batch."""
+        prompts = [Prompt(image, *self.spec.render(task, self.cfg.limits)) for image, task in frames]
+        start = time.perf_counter()
+        outputs = self.backend.generate(prompts, max_new_tokens)
+        elapsed = time.perf_counter() - start
+        return [Description(outcome=evaluate_output(out.text, task, self.cfg.limits, self.backend.tokenizer),
+                            raw_text=out.text, new_tokens=out.new_tokens, model_id=self.model_id,
+                            prompt_version=self.spec.version, inference_s=elapsed)
+                for out, (_, task) in zip(outputs, frames)]
