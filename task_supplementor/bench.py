@@ -1,0 +1,95 @@
+"""``task-supplementor bench <target>``: one front door for the benchmarks, one format for their records.
+
+Each target module (``supplementor_node.bench``, ``vla_node.bench``, ``offline.bench``) exposes
+``add_arguments(parser)`` and ``run(args) -> int`` and records its table with :func:`record_table`, so every table in
+docs/benchmarks.md carries the machine, date, command and package versions that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+TARGETS = {
+    "supplementor": "supplementor_node.bench",
+    "vla": "vla_node.bench",
+    "offline": "offline.bench",
+}
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+_VERSIONED = ("torch", "transformers", "rosbags", "numpy", "tensorflow-cpu", "tensorflow-datasets", "xgrammar")
+
+
+def machine_description() -> str:
+    """CPU model and core count, plus the GPU name when torch sees one."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    text = f"{cpu}, {os.cpu_count()} cores"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            text += f"; GPU {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    except ImportError:
+        pass
+    return text
+
+
+def package_versions() -> str:
+    found = []
+    for name in _VERSIONED:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return f"python {platform.python_version()}, " + ", ".join(found)
+
+
+def record_table(title: str, table_markdown: str, notes: str = "", path: Path = BENCHMARKS_MD) -> str:
+    """Print ``table_markdown`` with its provenance and append the same section to docs/benchmarks.md."""
+    command = "task-supplementor " + " ".join(sys.argv[1:]) if sys.argv else "task-supplementor bench"
+    section = "\n".join([
+        f"## {title}",
+        "",
+        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine_description()}",
+        f"- command: `{command}`",
+        f"- versions: {package_versions()}",
+        "",
+        table_markdown.strip(),
+        "",
+        notes.strip(),
+        "",
+    ])
+    print(section)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text("# Benchmarks\n\nEvery table below was produced by the command shown beside it.\n\n")
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(section + "\n")
+    return section
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    target = next((a for a in sys.argv[2:] if a in TARGETS), None)
+    sub = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
+    for name, module_name in TARGETS.items():
+        target_parser = sub.add_parser(name, help=f"benchmark {name}")
+        if name == target:
+            importlib.import_module(module_name).add_arguments(target_parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(importlib.import_module(TARGETS[args.target]).run(args) or 0)
