@@ -12,6 +12,9 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
+# The Makefile passes VENV relative to the repository; cmake needs absolute paths (a relative
+# Python3_EXECUTABLE is silently ignored and cmake falls back to whatever python3 is first on PATH).
+case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac
 PYTHON="${PYTHON:-python3}"
 STAMPS="$VENV/.task_supplementor_stamps"
 MSGS_SRC="$ROOT/ros_ws/src/task_supplementor_msgs"
@@ -108,6 +111,8 @@ else
     fi
     rm -rf "$MSGS_BUILD"
     mkdir -p "$MSGS_BUILD"
+    # rosidl's generators run "python3" from PATH as well: it must be the venv's (it has ament_package, empy, lark).
+    export PATH="$VENV/bin:$PATH"
     cmake -S "$MSGS_SRC" -B "$MSGS_BUILD" -DCMAKE_PREFIX_PATH="$prefix_path" -DCMAKE_INSTALL_PREFIX="$VENV" \
         -DPython3_EXECUTABLE="$VPY" -DBUILD_TESTING=OFF > "$MSGS_BUILD.log" 2>&1 \
         || { cat "$MSGS_BUILD.log"; say "cmake configure of task_supplementor_msgs failed (log above)"; exit 1; }
