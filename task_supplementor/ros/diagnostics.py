@@ -1,0 +1,78 @@
+"""Node health for ``/diagnostics``: rolling latency percentiles, counters and text fields -> DiagnosticStatus.
+
+Why rolling: a p95 over the node's whole life hides a regression that started a minute ago; a fixed window of the
+most recent samples shows what the node does now.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from std_msgs.msg import Header
+
+
+class RollingLatency:
+    """The last ``window`` latencies in seconds; percentiles over them (NaN when empty)."""
+
+    def __init__(self, window: int = 200):
+        self._samples: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._samples.append(float(seconds))
+
+    def percentile(self, q: float) -> float:
+        with self._lock:
+            samples = list(self._samples)
+        return float(np.percentile(samples, q)) if samples else float("nan")
+
+
+class Health:
+    """Thread-safe counters and fields of one node, rendered as one DiagnosticStatus.
+
+    Level: ERROR while ``error`` is set (e.g. no model can serve), WARN while ``warning`` is set, else OK.
+    """
+
+    def __init__(self, name: str, hardware_id: str, window: int = 200):
+        self.name, self.hardware_id = name, hardware_id
+        self.latency = RollingLatency(window)
+        self._counters: dict[str, int] = {}
+        self._fields: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.error = ""
+        self.warning = ""
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counters[key] = self._counters.get(key, 0) + n
+
+    def counter(self, key: str) -> int:
+        with self._lock:
+            return self._counters.get(key, 0)
+
+    def set_field(self, key: str, value: str) -> None:
+        with self._lock:
+            self._fields[key] = value
+
+    def to_status(self) -> DiagnosticStatus:
+        with self._lock:
+            counters, fields = dict(self._counters), dict(self._fields)
+        if self.error:
+            level, message = DiagnosticStatus.ERROR, self.error
+        elif self.warning:
+            level, message = DiagnosticStatus.WARN, self.warning
+        else:
+            level, message = DiagnosticStatus.OK, "ok"
+        values = [KeyValue(key=k, value=v) for k, v in sorted(fields.items())]
+        values += [KeyValue(key=k, value=str(v)) for k, v in sorted(counters.items())]
+        values += [KeyValue(key="latency_p50_s", value=f"{self.latency.percentile(50):.4f}"),
+                   KeyValue(key="latency_p95_s", value=f"{self.latency.percentile(95):.4f}")]
+        return DiagnosticStatus(level=level, name=self.name, message=message, hardware_id=self.hardware_id,
+                                values=values)
+
+    def to_array(self, header: Header) -> DiagnosticArray:
+        return DiagnosticArray(header=header, status=[self.to_status()])
