@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("offline.convert", "convert BridgeData v2 (TFDS/RLDS) episodes to rosbag2, one bag per episode"),
     "inspect": ("offline.inspect_bag", "summarise a rosbag2 (topics, counts, tasks) and draw a contact sheet"),
     "replay": ("offline.replay", "publish bags into the live graph (real time or lockstep) and record the outputs"),
+    "up": ("task_supplementor.up", "start both nodes as processes with config/*.yaml (no ros2 launch needed)"),
+    "demo": ("task_supplementor.demo", "the main job end to end on synthetic BridgeData v2 and tiny models"),
     "bench": ("task_supplementor.bench", "benchmarks: bench supplementor | vla | offline (tables -> docs/benchmarks.md)"),
 }
 
