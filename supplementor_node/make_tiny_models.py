@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from supplementor_node.tiny_model import TinyQwenConfig, make_tiny_qwen
+from vla_node.tiny_model import TinyOpenVLAConfig, make_tiny_openvla
 
 DEFAULT_OUT = Path("artifacts/tiny_models")
 
@@ -18,6 +19,7 @@ DEFAULT_OUT = Path("artifacts/tiny_models")
 TINY_MAKERS: dict[str, Callable[[Path], Path]] = {
     "qwen2_5_vl_tiny": lambda out: make_tiny_qwen(out, TinyQwenConfig(seed=0)),
     "qwen2_5_vl_tiny_b": lambda out: make_tiny_qwen(out, TinyQwenConfig(seed=1)),
+    "openvla_tiny": lambda out: make_tiny_openvla(out, TinyOpenVLAConfig(seed=0)),
 }
 
 

@@ -75,10 +75,19 @@ class OpenVLARuntime:
 
     # ---- prompts -------------------------------------------------------------------------------------------
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Prompt texts -> ids with BOS, as the official processor + predict_action produce them."""
+        """Prompt texts -> ids with BOS, as the official processor + predict_action produce them.
+
+        BOS is ensured here because whether a tokenizer adds it depends on its saved post-processor and
+        ``add_bos_token`` flag (transformers versions differ), and OpenVLA was trained with BOS first.
+        """
         if self.tokenizer is None:
             raise RuntimeError("this checkpoint directory has no tokenizer files; pass token ids instead")
-        return [with_empty_token(self.tokenizer(p).input_ids) for p in prompts]
+        bos = self.tokenizer.bos_token_id
+        encoded = []
+        for prompt in prompts:
+            ids = list(self.tokenizer(prompt).input_ids)
+            encoded.append(with_empty_token(ids if bos is None or ids[:1] == [bos] else [bos] + ids))
+        return encoded
 
     # ---- model passes --------------------------------------------------------------------------------------
     @torch.inference_mode()

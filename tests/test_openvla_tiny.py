@@ -1,0 +1,112 @@
+"""The tiny random OpenVLA checkpoint: official layout, loaded by the runtime's one loading path; batching and
+un-normalisation on it; the unnorm-key error users hit most often on the multi-dataset base model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vla_node.actions import UnknownUnnormKeyError
+from vla_node.config import OpenVLAConfig
+from vla_node.prompting import EMPTY_TOKEN_ID, official_prompt
+from vla_node.runtime import OpenVLARuntime
+from vla_node.tiny_model import official_key_shapes
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openvla_parity"
+
+# bridge_orig action statistics as published with openvla-7b (notes/openvla.md), written out by hand.
+BRIDGE_Q01 = [-0.028727, -0.041703, -0.026094, -0.080921, -0.092887, -0.207183, 0.0]
+BRIDGE_Q99 = [0.028310, 0.040855, 0.040162, 0.081920, 0.077929, 0.203826, 1.0]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_models) -> Path:
+    return tiny_models / "openvla_tiny"
+
+
+@pytest.fixture(scope="module")
+def runtime(checkpoint) -> OpenVLARuntime:
+    return OpenVLARuntime.from_pretrained(checkpoint, dtype=torch.float32, device_map="cpu")
+
+
+def _images(count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, size=(240, 320, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def test_official_layout_sharded_with_official_keys(checkpoint):
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert "bridge_orig" in config["norm_stats"] and len(config["norm_stats"]) > 1
+    assert config["text_config"]["vocab_size"] == 32064 and config["pad_token_id"] == 32000
+    index = json.loads((checkpoint / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert shards == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    assert all((checkpoint / name).is_file() for name in shards)
+    for name in ("preprocessor_config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (checkpoint / name).is_file(), name
+    expected = official_key_shapes(OpenVLAConfig.from_dir(checkpoint))
+    assert sorted(index["weight_map"]) == sorted(expected)
+
+
+@pytest.mark.skipif(not (FIXTURE / "arch_overrides.json").is_file(), reason=f"parity fixture not at {FIXTURE}")
+def test_same_tensor_names_and_shapes_as_the_official_tiny_checkpoint(checkpoint):
+    """Same sizes as the fixture, so the official code's key -> shape list must match ours exactly."""
+    official = json.loads((FIXTURE / "arch_overrides.json").read_text())["checkpoint_key_shapes"]
+    ours = official_key_shapes(OpenVLAConfig.from_dir(checkpoint))
+    assert {k: list(v) for k, v in ours.items()} == official
+
+
+def test_llama_tokenizer_ids_openvla_relies_on(runtime):
+    tokenizer = runtime.tokenizer
+    assert tokenizer.convert_tokens_to_ids(["<unk>", "<s>", "</s>", "▁", ":", "<PAD>"]) == [0, 1, 2, 29871, 29901,
+                                                                                           32000]
+    ids = runtime.encode([official_prompt("Put the Carrot on the plate")])[0]
+    assert ids[0] == 1 and ids[-2:] == [29901, EMPTY_TOKEN_ID]
+    assert tokenizer.decode(ids[1:-1]) == "In: What action should the robot take to put the carrot on the plate?\nOut:"
+    assert tokenizer(" 1234").input_ids[-4:] == tokenizer.convert_tokens_to_ids(list("1234"))  # digits split
+
+
+def test_batched_equals_one_by_one_with_mixed_prompt_lengths(runtime):
+    images = _images(4)
+    prompts = [official_prompt(t) for t in ("put the carrot on the plate", "open the drawer",
+                                            "move the yellow cup to the left side of the table", "stack")]
+    assert len({len(ids) for ids in runtime.encode(prompts)}) == 4
+    batched = runtime.predict(images, prompts, "bridge_orig")
+    for i in range(4):
+        single = runtime.predict(images[i:i + 1], prompts[i:i + 1], "bridge_orig")
+        np.testing.assert_array_equal(single.token_ids[0], batched.token_ids[i])
+        np.testing.assert_array_equal(single.actions[0], batched.actions[i])
+    assert len({tuple(row) for row in batched.token_ids}) > 1, "actions should depend on image and prompt"
+    first, last = runtime.decoder.action_token_range
+    assert ((batched.token_ids >= first) & (batched.token_ids <= last)).all()
+
+
+def test_unnormalisation_against_hand_computed_values(runtime):
+    # id -> bin k = 32000 - id - 1 (clipped to 0..254) -> centre -1 + (2k + 1) / 255
+    tokens = np.array([[31872, 31999, 31744, 31745, 31900, 31800, 31999]])
+    centres = [-1 + (2 * 127 + 1) / 255, -1 + 1 / 255, -1 + 509 / 255, -1 + 509 / 255, -1 + 199 / 255,
+               -1 + 399 / 255, -1 + 1 / 255]
+    np.testing.assert_allclose(runtime.decoder.normalized(tokens)[0], centres, rtol=0, atol=1e-15)
+    expected = [0.5 * (c + 1) * (hi - lo) + lo for c, hi, lo in zip(centres[:6], BRIDGE_Q99, BRIDGE_Q01)]
+    expected.append(centres[6])  # gripper: mask false -> the bin centre passes through
+    actions = runtime.decoder.decode(tokens, "bridge_orig")[0]
+    np.testing.assert_allclose(actions, expected, rtol=0, atol=1e-12)
+    assert abs(actions[0] - (0.028310 - 0.028727) / 2) < 1e-12  # centre bin -> middle of [q01, q99]
+    # what predict() returns is exactly the decode of what it generated
+    prediction = runtime.predict(_images(1), [official_prompt("put the carrot on the plate")], "bridge_orig")
+    np.testing.assert_array_equal(prediction.actions, runtime.decoder.decode(prediction.token_ids, "bridge_orig"))
+
+
+def test_wrong_unnorm_key_names_the_available_keys(runtime):
+    with pytest.raises(UnknownUnnormKeyError) as error:
+        runtime.predict(_images(1), [official_prompt("open the drawer")], "bridge")
+    message = str(error.value)
+    assert "'bridge' not found" in message
+    for key in ("bridge_orig", "fractal20220817_data", "taco_play"):
+        assert key in message
+    with pytest.raises(UnknownUnnormKeyError, match="several"):
+        runtime.predict_from_ids(_images(1), [[1, 29901]], None)
