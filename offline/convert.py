@@ -1,0 +1,232 @@
+"""``task-supplementor convert``: BridgeData v2 (TFDS/RLDS) -> rosbag2, one bag per episode, resumable.
+
+Layout of ``--out``: ``manifest.jsonl`` (see offline.manifest) and ``bags/{split}/{split}_{index:06d}/``. A bag is
+written under ``bags/.partial/``, checksummed, renamed into place and only then journalled, so after a kill a rerun
+keeps every journalled bag and redoes the rest (partial folders and un-journalled bags are removed first). An
+episode that cannot be read is journalled as failed, reported, and the run goes on. ``--workers N`` converts
+chunks of episodes in N processes (spawned: TensorFlow must not be forked).
+
+Python API: ``convert(ConvertConfig(...)) -> ConvertResult``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import dataclasses
+import multiprocessing
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from offline import bridge_layout as layout
+from offline.episode_bag import STORAGES, BagOptions, write_episode_bag
+from offline.manifest import EpisodeRecord, FailedRecord, Manifest, bag_checksum
+
+PARTIAL_DIR = ".partial"  # under bags/: staging folders keep the bag's own name, so its files are named right
+CHUNK_EPISODES = 4  # episodes per worker task: small enough for a lively progress bar, large enough to amortise
+
+
+@dataclasses.dataclass
+class ConvertConfig:
+    data_dir: Path  # the TFDS data_dir, dataset folder or version folder of bridge_dataset 1.0.0 / bridge_orig
+    out: Path
+    split: str = "train"
+    episodes: str | None = None  # index range within the split, "START:STOP" (python slice) or a single index
+    sample: int | None = None  # a random sample of this many episodes (from the range, if given)
+    seed: int = 0
+    cameras: tuple[str, ...] = layout.CAMERAS
+    storage: str = "sqlite3"
+    image_format: str = "compressed"
+    bridge_orig: bool = False
+    workers: int = 1
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class ConvertResult:
+    manifest: Manifest
+    converted: list[EpisodeRecord]  # this run
+    skipped: int  # already done by an earlier run
+    failed: list[FailedRecord]  # this run
+
+
+def episode_name(split: str, index: int) -> str:
+    return f"{split}_{index:06d}"
+
+
+def select_indices(total: int, episodes: str | None, sample: int | None, seed: int) -> list[int]:
+    """Indices within a split: an optional ``START:STOP`` range, then an optional seeded sample of it."""
+    indices = list(range(total))
+    if episodes:
+        if ":" in episodes:
+            start, _, stop = episodes.partition(":")
+            indices = indices[slice(int(start) if start else None, int(stop) if stop else None)]
+        else:
+            index = int(episodes)
+            if not 0 <= index < total:
+                raise ValueError(f"episode {index} out of range: the split has {total} episodes")
+            indices = [index]
+    if sample is not None:
+        if sample > len(indices):
+            raise ValueError(f"--sample {sample} exceeds the {len(indices)} selected episodes")
+        indices = sorted(int(i) for i in np.random.default_rng(seed).choice(indices, size=sample, replace=False))
+    return indices
+
+
+def bag_options(config: ConvertConfig) -> BagOptions:
+    return BagOptions(storage=config.storage, image_format=config.image_format, bridge_orig=config.bridge_orig,
+                      cameras=tuple(config.cameras))
+
+
+def settings_of(config: ConvertConfig, version_dir: Path) -> dict:
+    return {"dataset": str(version_dir.resolve()), "dataset_name": layout.DATASET_NAME, "version": layout.VERSION,
+            "storage": config.storage, "image_format": config.image_format, "bridge_orig": config.bridge_orig,
+            "cameras": list(config.cameras), "control_hz": layout.CONTROL_HZ, "bag_version": 8}
+
+
+def _clean_leftovers(manifest: Manifest, split: str) -> None:
+    """Remove partial bags and finished-but-unjournalled ones: both are redone."""
+    shutil.rmtree(manifest.out_dir / "bags" / PARTIAL_DIR / split, ignore_errors=True)
+    split_dir = manifest.out_dir / "bags" / split
+    if not split_dir.is_dir():
+        return
+    journalled = {manifest.bag_path(r).resolve() for r in manifest.episodes.values()}
+    for entry in split_dir.iterdir():
+        if entry.is_dir() and entry.resolve() not in journalled:
+            shutil.rmtree(entry)
+
+
+def convert_episodes(source, split: str, indices: list[int], out_dir: Path,
+                     options: BagOptions) -> Iterator[EpisodeRecord | FailedRecord]:
+    """Convert the episodes at ``indices``, yielding one record per episode (bags are in place when yielded)."""
+    from offline.tfds_source import SourceEpisodeError
+
+    for item in source.read(split, indices):
+        name = episode_name(split, item.index)
+        if isinstance(item, SourceEpisodeError):
+            yield FailedRecord(name=name, split=split, index=item.index, reason=item.reason)
+            continue
+        final = Path(out_dir) / "bags" / split / name
+        partial = Path(out_dir) / "bags" / PARTIAL_DIR / split / name
+        for leftover in (partial, final):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            summary = write_episode_bag(item, partial, options)
+        except Exception as exc:  # noqa: BLE001 - one bad episode must not end the run; it is journalled as failed
+            shutil.rmtree(partial, ignore_errors=True)
+            yield FailedRecord(name=name, split=split, index=item.index, reason=f"{type(exc).__name__}: {exc}")
+            continue
+        checksum = bag_checksum(partial)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial.rename(final)
+        yield EpisodeRecord(name=name, split=split, index=item.index, episode_id=item.episode_id,
+                            source=item.file_path, task=summary.task, steps=summary.steps,
+                            cameras=list(summary.cameras), bag=final.relative_to(out_dir).as_posix(),
+                            checksum=checksum)
+
+
+_WORKER_SOURCE = None
+
+
+def _worker_init(data_dir: str) -> None:
+    global _WORKER_SOURCE
+    from offline.tfds_source import BridgeSource
+
+    _WORKER_SOURCE = BridgeSource(Path(data_dir))
+
+
+def _worker_chunk(split: str, indices: list[int], out_dir: str, options: BagOptions) -> list:
+    return list(convert_episodes(_WORKER_SOURCE, split, indices, Path(out_dir), options))
+
+
+def convert(config: ConvertConfig) -> ConvertResult:
+    """Run (or resume) a conversion. Raises DatasetDirError / ValueError on bad input before writing anything."""
+    from tqdm import tqdm
+
+    from offline.tfds_source import BridgeSource
+
+    unknown = sorted(set(config.cameras) - set(layout.CAMERAS))
+    if unknown:
+        raise ValueError(f"unknown cameras {unknown}; BridgeData v2 has {', '.join(layout.CAMERAS)}")
+    source = BridgeSource(config.data_dir)
+    indices = select_indices(source.num_episodes(config.split), config.episodes, config.sample, config.seed)
+    manifest = Manifest.open(config.out, settings_of(config, source.version_dir))
+    _clean_leftovers(manifest, config.split)
+    todo = [i for i in indices if episode_name(config.split, i) not in manifest.episodes]
+    result = ConvertResult(manifest=manifest, converted=[], skipped=len(indices) - len(todo), failed=[])
+    options = bag_options(config)
+    bar = tqdm(total=len(indices), initial=result.skipped, unit="episode", desc=f"convert {config.split}",
+               disable=not config.progress, file=sys.stderr)
+
+    def take(record: EpisodeRecord | FailedRecord) -> None:
+        manifest.record(record)
+        if isinstance(record, FailedRecord):
+            result.failed.append(record)
+            bar.write(f"skipped {record.name}: {record.reason}")
+        else:
+            result.converted.append(record)
+        bar.update(1)
+
+    try:
+        if config.workers <= 1 or len(todo) <= 1:
+            for record in convert_episodes(source, config.split, todo, manifest.out_dir, options):
+                take(record)
+        else:
+            chunks = [todo[i:i + CHUNK_EPISODES] for i in range(0, len(todo), CHUNK_EPISODES)]
+            context = multiprocessing.get_context("spawn")
+            with futures.ProcessPoolExecutor(config.workers, mp_context=context, initializer=_worker_init,
+                                             initargs=(str(source.version_dir),)) as pool:
+                jobs = [pool.submit(_worker_chunk, config.split, chunk, str(manifest.out_dir), options)
+                        for chunk in chunks]
+                for job in futures.as_completed(jobs):
+                    for record in job.result():
+                        take(record)
+    finally:
+        bar.close()
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, required=True,
+                        help="TFDS data_dir holding bridge_dataset/1.0.0 (or bridge_orig/1.0.0), or that folder")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (bags/ and manifest.jsonl)")
+    parser.add_argument("--split", default="train", help="train | val")
+    parser.add_argument("--episodes", default=None, metavar="START:STOP", help="index range within the split")
+    parser.add_argument("--sample", type=int, default=None, help="random sample of N episodes (of the range)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    parser.add_argument("--cameras", default=",".join(layout.CAMERAS),
+                        help="comma-separated cameras to keep when present (default: all)")
+    parser.add_argument("--storage", choices=sorted(STORAGES), default="sqlite3")
+    parser.add_argument("--image-format", choices=("compressed", "raw"), default="compressed",
+                        help="compressed: the original JPEG bytes (CompressedImage); raw: decoded rgb8 Image")
+    parser.add_argument("--bridge-orig", action="store_true",
+                        help="apply OpenVLA's bridge_orig ground-truth conventions (drop the zero first step, "
+                             "binarise the gripper, relabel deltas from the state); recorded in the manifest")
+    parser.add_argument("--workers", type=int, default=1, help="conversion processes")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from offline.tfds_source import DatasetDirError
+
+    config = ConvertConfig(data_dir=args.data_dir, out=args.out, split=args.split, episodes=args.episodes,
+                           sample=args.sample, seed=args.seed,
+                           cameras=tuple(c.strip() for c in args.cameras.split(",") if c.strip()),
+                           storage=args.storage, image_format=args.image_format, bridge_orig=args.bridge_orig,
+                           workers=args.workers, progress=not args.no_progress)
+    try:
+        result = convert(config)
+    except (DatasetDirError, ValueError) as exc:
+        print(f"convert: {exc}", file=sys.stderr)
+        return 2
+    print(f"converted {len(result.converted)}, already done {result.skipped}, failed {len(result.failed)}; "
+          f"manifest: {result.manifest.path}")
+    for failure in result.failed:
+        print(f"  FAILED {failure.name}: {failure.reason}")
+    return 1 if result.failed else 0
