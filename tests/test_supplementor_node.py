@@ -1,0 +1,270 @@
+"""The supplementor node as a real process over DDS with the tiny Qwen2.5-VL checkpoints.
+
+Two node processes are shared by all tests of this module (starting one costs seconds of imports): one on raw
+``Image`` frames (most tests) and one on JPEG ``CompressedImage`` frames in its own namespace. The test side is a
+plain rclpy node; parameters are set through the node's real ``set_parameters`` service, like ``ros2 param set``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+from task_supplementor_msgs.msg import VisualFacts
+
+from task_supplementor.ros.images import rgb_to_compressed_imgmsg, rgb_to_imgmsg
+from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = "put the red block in the bowl"
+
+
+@dataclass
+class Received:
+    facts: list[tuple[float, VisualFacts]] = field(default_factory=list)
+    diagnostics: list[DiagnosticArray] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def facts_since(self, t0: float) -> list[tuple[float, VisualFacts]]:
+        with self.lock:
+            return [(t, m) for t, m in self.facts if t >= t0]
+
+
+class Harness:
+    """Publishers, subscribers and a parameter client for one supplementor process (namespace ``ns``)."""
+
+    def __init__(self, node: Node, ns: str, compressed: bool):
+        self.node, self.ns, self.compressed = node, ns, compressed
+        self.received = Received()
+        image_type, topic = (CompressedImage, "camera/image_raw/compressed") if compressed else (Image, "camera/image_raw")
+        self.image_pub = node.create_publisher(image_type, f"{ns}/{topic}", SENSOR_QOS)
+        self.task_pub = node.create_publisher(String, f"{ns}/task", LATCHED_QOS)
+        node.create_subscription(VisualFacts, f"{ns}/supplementor/facts", self._on_facts, RELIABLE_QOS)
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.params = node.create_client(SetParameters, f"{ns}/supplementor/set_parameters")
+        rng = np.random.default_rng(0)
+        self.rgb = rng.integers(0, 256, size=(64, 80, 3), dtype=np.uint8)
+
+    def _on_facts(self, msg: VisualFacts) -> None:
+        with self.received.lock:
+            self.received.facts.append((time.monotonic(), msg))
+
+    def _on_diag(self, msg: DiagnosticArray) -> None:
+        if any(s.hardware_id for s in msg.status) and msg.status[0].name.startswith("supplementor"):
+            with self.received.lock:
+                self.received.diagnostics.append(msg)
+
+    def frame(self, sec: int, nanosec: int = 0):
+        msg = rgb_to_compressed_imgmsg(self.rgb, "jpeg") if self.compressed else rgb_to_imgmsg(self.rgb)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
+        msg.header.frame_id = "camera"
+        return msg
+
+    def wait_for(self, predicate, timeout: float, publish=None, period: float = 0.1):
+        """Poll ``predicate`` (optionally publishing something every ``period``) until it returns a truthy value."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if publish is not None:
+                publish()
+            value = predicate()
+            if value:
+                return value
+            time.sleep(period)
+        raise AssertionError(f"timed out after {timeout} s waiting for {predicate.__doc__ or predicate}")
+
+    def set_checkpoint(self, path: str):
+        assert self.params.wait_for_service(timeout_sec=30)
+        request = SetParameters.Request(parameters=[ParameterMsg(
+            name="checkpoint", value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=path))])
+        future = self.params.call_async(request)
+        self.wait_for(future.done, 30)
+        return future.result().results[0]
+
+    def counters(self, since: float = 0.0) -> dict[str, str]:
+        """Key/values of the newest diagnostics status of this node (namespaced node: its status is the one whose
+        task matches what this harness published)."""
+        with self.received.lock:
+            arrays = list(self.received.diagnostics)
+        for array in reversed(arrays):
+            values = {kv.key: kv.value for kv in array.status[0].values}
+            if values.get("_ns_marker") is None and values.get("task") == self.task_text:
+                return values
+        return {}
+
+    task_text = TASK
+
+
+def _start_node(tiny: Path, ns: str, compressed: bool, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "supplementor_node.node", "--ros-args", "-r", f"__ns:={ns or '/'}",
+           "--params-file", str(REPO / "config" / "supplementor.yaml"),
+           "-p", f"checkpoint:={tiny / 'qwen2_5_vl_tiny'}", "-p", f"image_compressed:={str(compressed).lower()}",
+           "-p", "max_new_tokens:=24", "-p", "rate_hz:=30.0", "-p", "device:=cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def graph(tiny_models, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("supplementor_logs")
+    procs = {"raw": _start_node(tiny_models, "", False, logs / "raw.log"),
+             "jpeg": _start_node(tiny_models, "/c", True, logs / "jpeg.log")}
+    rclpy.init()
+    node = rclpy.create_node("supplementor_test")
+    harnesses = {"raw": Harness(node, "", False), "jpeg": Harness(node, "/c", True)}
+    harnesses["jpeg"].task_text = "stack the green cup"
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    for h in harnesses.values():
+        h.task_pub.publish(String(data=h.task_text))
+    yield {"tiny": tiny_models, "logs": logs, "procs": procs, **harnesses}
+    for proc in procs.values():
+        proc.terminate()
+    codes = {name: proc.wait(timeout=30) for name, proc in procs.items()}
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.shutdown()
+    assert codes == {"raw": 0, "jpeg": 0}, f"nodes did not exit cleanly on SIGTERM: {codes}"
+
+
+def _first_facts_for(h: Harness, sec: int, timeout: float = 60.0) -> VisualFacts:
+    def described():
+        return next((m for _, m in h.received.facts_since(0) if m.header.stamp.sec == sec), None)
+    return h.wait_for(described, timeout, publish=lambda: h.image_pub.publish(h.frame(sec, 456)), period=0.2)
+
+
+@pytest.mark.parametrize("kind", ["raw", "jpeg"])
+def test_frame_and_task_in_facts_out_with_the_image_stamp(graph, kind):
+    h: Harness = graph[kind]
+    msg = _first_facts_for(h, 100)
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id) == (100, 456, "camera")
+    assert msg.task == h.task_text
+    assert msg.model_id == str(graph["tiny"] / "qwen2_5_vl_tiny")
+    assert msg.schema_version and msg.latency_s > 0
+    # random weights rarely produce valid facts; whatever came out is published with its verdict
+    assert msg.valid == (len(msg.violations) == 0)
+
+
+def test_new_task_redescribes_the_latest_frame_at_once(graph):
+    h: Harness = graph["raw"]
+    _first_facts_for(h, 100)
+    t0 = time.monotonic()
+    h.task_text = "fold the blue towel"
+    h.task_pub.publish(String(data=h.task_text))
+    msg = h.wait_for(lambda: next((m for _, m in h.received.facts_since(t0) if m.task == h.task_text), None), 30)
+    assert msg.header.stamp.sec == 100   # no new frame was sent: the latest one was described again
+
+
+def test_burst_while_busy_is_dropped_not_queued(graph):
+    h: Harness = graph["raw"]
+    _first_facts_for(h, 100)
+    time.sleep(1.5)   # a diagnostics report after the last frame above
+    before = h.wait_for(h.counters, 10)
+    burst = list(range(2000, 2040))
+    for sec in burst:   # 100 frames/s: faster than the model, slow enough for DDS to deliver each one
+        h.image_pub.publish(h.frame(sec))
+        time.sleep(0.01)
+    last = h.wait_for(lambda: next((m for _, m in h.received.facts_since(0) if m.header.stamp.sec == burst[-1]),
+                                   None), 30)
+    assert last is not None, "the newest frame of the burst must be described"
+    time.sleep(2.5)   # let diagnostics (1 Hz) catch up
+    after = h.counters()
+    described = {m.header.stamp.sec for _, m in h.received.facts_since(0) if m.header.stamp.sec in burst}
+    received = int(after["frames_received"]) - int(before["frames_received"])
+    dropped = int(after["frames_dropped"]) - int(before["frames_dropped"])
+    assert len(described) < received, "frames that arrived while the model was busy were all described (queued)"
+    assert received == dropped + len(described), (received, dropped, sorted(described))
+
+
+def test_live_swap_under_continuous_input(graph):
+    h: Harness = graph["raw"]
+    _first_facts_for(h, 100)
+    tiny_a, tiny_b = str(graph["tiny"] / "qwen2_5_vl_tiny"), str(graph["tiny"] / "qwen2_5_vl_tiny_b")
+    stop = threading.Event()
+
+    def camera():
+        sec = 3000
+        while not stop.is_set():
+            h.image_pub.publish(h.frame(sec))
+            sec += 1
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=camera, daemon=True)
+    feeder.start()
+    try:
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        result = h.set_checkpoint(tiny_b)
+        assert result.successful, result.reason
+        h.wait_for(lambda: sum(m.model_id == tiny_b for _, m in h.received.facts_since(t0)) >= 5, 60)
+    finally:
+        stop.set()
+        feeder.join()
+    run = h.received.facts_since(t0 - 1.0)
+    ids = [m.model_id for _, m in run]
+    switch = ids.index(tiny_b)
+    assert set(ids[:switch]) == {tiny_a} and set(ids[switch:]) == {tiny_b}, "ids must change once, A then B"
+    times = [t for t, _ in run]
+    gaps = np.diff(times)
+    longest_inference = max(m.latency_s for _, m in run)
+    # one inference (at most the longest latency seen) plus one camera period plus scheduling slack
+    assert gaps.max() <= longest_inference + 0.1 + 0.5, (gaps.max(), longest_inference)
+    assert h.wait_for(lambda: h.counters().get("model_id") == tiny_b, 10)
+
+
+def test_missing_or_corrupt_checkpoint_is_rejected_and_the_old_model_keeps_serving(graph, tmp_path):
+    h: Harness = graph["raw"]
+    _first_facts_for(h, 100)
+    serving = h.received.facts_since(0)[-1][1].model_id
+    missing = h.set_checkpoint(str(tmp_path / "does_not_exist"))
+    assert not missing.successful and "no such checkpoint directory" in missing.reason
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(graph["tiny"] / "qwen2_5_vl_tiny", corrupt)
+    weights = corrupt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    result = h.set_checkpoint(str(corrupt))
+    assert not result.successful and "safetensors" in result.reason, result.reason
+    t0 = time.monotonic()
+    msg = h.wait_for(lambda: next((m for _, m in h.received.facts_since(t0)), None), 30,
+                     publish=lambda: h.image_pub.publish(h.frame(4000)), period=0.2)
+    assert msg.model_id == serving
+
+
+@pytest.mark.parametrize("kind", ["raw", "jpeg"])
+def test_bad_encodings_are_counted_logged_once_and_the_node_keeps_going(graph, kind):
+    h: Harness = graph[kind]
+    _first_facts_for(h, 100)
+    good = h.frame(5000)
+    if kind == "raw":
+        bad = {"unsupported_encoding": Image(height=8, width=8, encoding="16UC1", step=16, data=b"\0" * 128),
+               "truncated": Image(height=good.height, width=good.width, encoding="rgb8", step=good.step,
+                                  data=bytes(good.data)[:100])}
+    else:
+        bad = {"truncated": CompressedImage(format="jpeg", data=bytes(good.data)[: len(good.data) // 2]),
+               "unsupported_format": CompressedImage(format="jpeg", data=b"not an image at all")}
+    for _ in range(3):
+        for msg in bad.values():
+            h.image_pub.publish(msg)
+            time.sleep(0.05)   # best effort, depth 1: give each frame its own delivery
+    h.wait_for(lambda: all(int(h.counters().get(f"bad_images.{k}", 0)) >= 1 for k in bad), 10)
+    _first_facts_for(h, 5001)   # still describing
+    log = (graph["logs"] / f"{kind}.log").read_text()
+    for k in bad:
+        assert log.count(f"further '{k}' frames are only counted") == 1, log[-2000:]
