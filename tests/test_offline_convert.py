@@ -158,3 +158,20 @@ def test_wrong_dataset_dir_says_what_was_expected_and_found(synthetic_bridge, tm
         convert(ConvertConfig(data_dir=synthetic_bridge.parent, out=tmp_path / "x", progress=False))
     text = str(error.value)
     assert "bridge_orig/1.0.0/dataset_info.json" in text and str(synthetic_bridge / "bridge_dataset" / "1.0.0") in text
+
+
+def test_inspect_reports_topics_tasks_and_draws_a_contact_sheet(converted, tmp_path):
+    from PIL import Image
+
+    from offline.inspect_bag import InspectConfig, inspect_bag
+
+    record = converted.converted[0]
+    report = inspect_bag(converted.manifest.bag_path(record), InspectConfig(contact_sheet=tmp_path / "s.png",
+                                                                             frames=6, columns=3))
+    counts = {t.topic: t.count for t in report.topics}
+    assert counts[topics.ACTION] == record.steps and counts[topics.TASK] == 1
+    assert counts[topics.camera_topic("image_0", True)] == record.steps
+    assert report.tasks == [record.task]
+    assert abs(report.duration_s - (record.steps - 1) * 0.2) < 1e-9
+    with Image.open(report.contact_sheet) as sheet:
+        assert sheet.size == (3 * 256, 2 * (256 + 120))

@@ -1,0 +1,51 @@
+"""Small helpers for reading our bags with rosbags (standard types + task_supplementor_msgs)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+from offline.typestore import typestore
+
+IMAGE_TYPES = ("sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/Image")
+ACTION_TYPE = "task_supplementor_msgs/msg/WidowXAction"
+FACTS_TYPE = "task_supplementor_msgs/msg/VisualFacts"
+TASK_TYPE = "std_msgs/msg/String"
+
+
+@dataclasses.dataclass(frozen=True)
+class BagMessage:
+    topic: str
+    msgtype: str
+    log_ns: int  # the bag's receive/record time
+    raw: bytes  # CDR, as stored (publishable as is with rclpy)
+    msg: object | None  # deserialized (rosbags dataclass) when asked for
+
+
+def stamp_ns(msg) -> int:
+    """header.stamp of a message in nanoseconds (the link between frames and the outputs about them)."""
+    return int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
+
+
+def read_bag(path: Path, topics: set[str] | None = None, deserialize: bool = True) -> Iterator[BagMessage]:
+    """Messages of ``path`` in log-time order (optionally only ``topics``)."""
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([Path(path)], default_typestore=typestore()) as reader:
+        connections = [c for c in reader.connections if topics is None or c.topic in topics]
+        for conn, log_ns, raw in reader.messages(connections=connections):
+            msg = reader.deserialize(raw, conn.msgtype) if deserialize else None
+            yield BagMessage(conn.topic, conn.msgtype, log_ns, bytes(raw), msg)
+
+
+def bag_topics(path: Path) -> dict[str, tuple[str, int]]:
+    """topic -> (message type, count), from the bag's metadata."""
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([Path(path)], default_typestore=typestore()) as reader:
+        counts: dict[str, tuple[str, int]] = {}
+        for conn in reader.connections:
+            msgtype, count = counts.get(conn.topic, (conn.msgtype, 0))
+            counts[conn.topic] = (msgtype, count + conn.msgcount)
+        return counts
