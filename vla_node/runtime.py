@@ -153,6 +153,6 @@ class OpenVLARuntime:
 
     def predict(self, images: Sequence[ImageLike], prompts: Sequence[str], unnorm_key: str | None,
                 ) -> ActionPrediction:
-        """Images + full prompt texts (see :mod:`vla_node.fusion`) -> actions, one row per image."""
+        """Images + full prompt texts (see :mod:`vla_node.prompt_fusion`) -> actions, one row per image."""
         self.decoder.resolve_key(unnorm_key)
         return self.predict_from_ids(images, self.encode(prompts), unnorm_key)
