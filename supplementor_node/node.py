@@ -109,7 +109,8 @@ class SupplementorNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         for name, spec in PARAMETERS.items():
             self.declare_parameter(name, spec.default, spec.descriptor())
-        self.health = Health("supplementor: visual facts", hardware_id=self._param("device"))
+        # status named after the node's full name, so two supplementors in one graph stay apart in /diagnostics
+        self.health = Health(f"{self.get_fully_qualified_name()}: visual facts", hardware_id=self._param("device"))
         self._slot: ModelSlot[DescriberConfig, Describer] = ModelSlot(
             Describer, name=lambda cfg: cfg.checkpoint, preflight=preflight, on_event=self._on_slot_event)
         self._cond = threading.Condition()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.executors import SingleThreadedExecutor
@@ -38,7 +38,7 @@ TASK = "put the red block in the bowl"
 @dataclass
 class Received:
     facts: list[tuple[float, VisualFacts]] = field(default_factory=list)
-    diagnostics: list[DiagnosticArray] = field(default_factory=list)
+    diagnostics: list[DiagnosticStatus] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def facts_since(self, t0: float) -> list[tuple[float, VisualFacts]]:
@@ -51,6 +51,7 @@ class Harness:
 
     def __init__(self, node: Node, ns: str, compressed: bool):
         self.node, self.ns, self.compressed = node, ns, compressed
+        self.task_text = TASK
         self.received = Received()
         image_type, topic = (CompressedImage, "camera/image_raw/compressed") if compressed else (Image, "camera/image_raw")
         self.image_pub = node.create_publisher(image_type, f"{ns}/{topic}", SENSOR_QOS)
@@ -66,9 +67,10 @@ class Harness:
             self.received.facts.append((time.monotonic(), msg))
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
-        if any(s.hardware_id for s in msg.status) and msg.status[0].name.startswith("supplementor"):
+        mine = [s for s in msg.status if s.name == f"{self.ns}/supplementor: visual facts"]
+        if mine:
             with self.received.lock:
-                self.received.diagnostics.append(msg)
+                self.received.diagnostics.append(mine[0])
 
     def frame(self, sec: int, nanosec: int = 0):
         msg = rgb_to_compressed_imgmsg(self.rgb, "jpeg") if self.compressed else rgb_to_imgmsg(self.rgb)
@@ -96,18 +98,11 @@ class Harness:
         self.wait_for(future.done, 30)
         return future.result().results[0]
 
-    def counters(self, since: float = 0.0) -> dict[str, str]:
-        """Key/values of the newest diagnostics status of this node (namespaced node: its status is the one whose
-        task matches what this harness published)."""
+    def counters(self) -> dict[str, str]:
+        """Key/values of this node's newest diagnostics status ({} before the first one)."""
         with self.received.lock:
-            arrays = list(self.received.diagnostics)
-        for array in reversed(arrays):
-            values = {kv.key: kv.value for kv in array.status[0].values}
-            if values.get("_ns_marker") is None and values.get("task") == self.task_text:
-                return values
-        return {}
-
-    task_text = TASK
+            newest = self.received.diagnostics[-1] if self.received.diagnostics else None
+        return {kv.key: kv.value for kv in newest.values} if newest else {}
 
 
 def _start_node(tiny: Path, ns: str, compressed: bool, log: Path) -> subprocess.Popen:
