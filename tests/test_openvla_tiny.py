@@ -110,3 +110,12 @@ def test_wrong_unnorm_key_names_the_available_keys(runtime):
         assert key in message
     with pytest.raises(UnknownUnnormKeyError, match="several"):
         runtime.predict_from_ids(_images(1), [[1, 29901]], None)
+
+
+def test_hf_official_backend_refuses_an_environment_it_cannot_run_in(checkpoint):
+    """transformers >= 4.50 makes the official code ignore the image; the backend must say so, not run."""
+    from vla_node.backends import BackendUnavailable, PolicySpec, load_policy
+
+    with pytest.raises(BackendUnavailable, match="transformers is .*4.40.1") as error:
+        load_policy(PolicySpec(str(checkpoint), backend="hf-official"))
+    assert "modeling_prismatic.py" in str(error.value) and "backend 'native'" in str(error.value)

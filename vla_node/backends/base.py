@@ -1,0 +1,91 @@
+"""What every policy backend offers the node and the experiments, and the checks made before any load.
+
+WHY a preflight that reads only config.json: a wrong path or unnorm key must be rejected in the set-parameters
+callback, with the reason (and the list of available keys), before a multi-minute 7B load starts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+BACKENDS = ("native", "hf-official")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?(,cuda(:\d+)?)?)$")
+
+
+class BackendUnavailable(RuntimeError):
+    """The chosen backend cannot run in this environment (says what is missing and what to do)."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What to load: the node's ``checkpoint``, ``backend``, ``device`` and ``dtype`` parameters."""
+
+    checkpoint: str
+    backend: str = "native"
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+class Policy(Protocol):
+    """A loaded policy: images + full prompt texts -> un-normalised 7-D actions, one row per image."""
+
+    policy_id: str
+    tokenizer: Any  # the policy's tokenizer (placeholder prompts are measured with it)
+    norm_stats: dict[str, Any]
+
+    def predict(self, images: Sequence[np.ndarray], prompts: Sequence[str], unnorm_key: str) -> np.ndarray: ...
+
+
+def norm_stats_of(checkpoint: str | Path) -> dict[str, Any]:
+    """``norm_stats`` from the checkpoint's config.json (ValueError when the directory is not a checkpoint)."""
+    config = Path(checkpoint) / "config.json"
+    if not str(checkpoint) or not config.is_file():
+        raise ValueError(f"checkpoint {str(checkpoint)!r} is not an OpenVLA checkpoint directory (no config.json)")
+    try:
+        stats = json.loads(config.read_text()).get("norm_stats") or {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config} is not valid JSON: {error}") from None
+    if not stats:
+        raise ValueError(f"{config} has no norm_stats: actions cannot be un-normalised")
+    return stats
+
+
+def check_unnorm_key(norm_stats: dict[str, Any], unnorm_key: str, checkpoint: str) -> None:
+    if unnorm_key not in norm_stats:
+        raise ValueError(f"unnorm_key {unnorm_key!r} is not in {checkpoint}'s norm_stats; available unnorm keys: "
+                         f"{', '.join(sorted(norm_stats))}")
+
+
+def preflight(spec: PolicySpec, unnorm_key: str | None = None) -> None:
+    """Reject (ValueError with the reason) a spec that cannot load or cannot serve ``unnorm_key``."""
+    if spec.backend not in BACKENDS:
+        raise ValueError(f"backend {spec.backend!r} is not one of {', '.join(BACKENDS)}")
+    if spec.dtype not in DTYPES:
+        raise ValueError(f"dtype {spec.dtype!r} is not one of {', '.join(DTYPES)}")
+    if not _DEVICE.match(spec.device):
+        raise ValueError(f"device {spec.device!r} is not auto, cpu, cuda, cuda:N or two of them (cuda:0,cuda:1)")
+    stats = norm_stats_of(spec.checkpoint)
+    if unnorm_key is not None:
+        check_unnorm_key(stats, unnorm_key, spec.checkpoint)
+
+
+def resolve_device_dtype(spec: PolicySpec):
+    """auto -> cuda:0 when available else cpu; dtype auto -> bfloat16 on GPU, float32 on CPU."""
+    import torch
+
+    device = spec.device
+    if device == "auto":
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    if spec.dtype == "auto":
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    else:
+        dtype = getattr(torch, spec.dtype)
+    return device, dtype

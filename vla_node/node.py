@@ -1,0 +1,411 @@
+"""The ``vla`` ROS 2 node: latest camera frame + task (+ the supplementor's facts) -> ``WidowXAction`` on ``~/action``.
+
+Threading, and why: executor callbacks only store inputs (the single latest frame, the task, recent facts) and a
+timer at ``control_rate_hz`` wakes one dedicated inference thread, so a slow policy never blocks a callback and
+frames that arrive meanwhile replace each other (counted). Each frame is acted on at most once; a tick with no new
+frame is counted as idle. The policy lives in a :class:`ModelSlot`: ``checkpoint``/``backend``/``device``/``dtype``
+changes are checked in the set-parameters callback (bad path or an ``unnorm_key`` the checkpoint lacks is rejected
+with the list of available keys) and loaded in the background while the old policy keeps serving. Prompt
+parameters take effect on the next frame.
+
+Facts (``supplement``/``placeholder`` modes): the newest valid facts for the current task stamped no later than the
+frame; their age is frame stamp - facts stamp (deterministic under replay). Older than ``facts_max_age_s`` (or none):
+``stale_facts_policy`` ``hold`` publishes nothing for that frame (the arm holds its pose) and ``none`` acts with the
+official prompt; both are counted. ``require_frame_facts`` waits for facts stamped exactly like the frame.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time as TimeMsg
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import Vector3
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header, String
+from task_supplementor_msgs.msg import VisualFacts, WidowXAction
+
+from task_supplementor.ros.diagnostics import Health
+from task_supplementor.ros.images import ImageDecodeError, compressed_imgmsg_to_rgb, imgmsg_to_rgb
+from task_supplementor.ros.model_slot import ModelSlot
+from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
+from vla_node.backends import BACKENDS, DTYPES, Policy, PolicySpec, load_policy
+from vla_node.backends.base import check_unnorm_key, norm_stats_of, preflight
+from vla_node.prompt_fusion import (
+    DEFAULT_SUPPLEMENT_TEMPLATE, PLACEHOLDER_KINDS, PROMPT_MODES, FusionConfig, PlaceholderError, PromptFuser,
+)
+from vla_node.widowx import clip_to_widowx
+
+NODE_NAME = "vla"
+STALE_POLICIES = ("hold", "none")
+_FACTS_KEPT = 64
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    default: Any
+    description: str
+    float_range: tuple[float, float] | None = None
+    read_only: bool = False
+    group: str = ""  # "policy": a change loads a new policy; "fusion": rebuilds the prompt fuser
+
+    def descriptor(self) -> ParameterDescriptor:
+        desc = ParameterDescriptor(description=self.description, read_only=self.read_only)
+        if self.float_range:
+            desc.floating_point_range = [FloatingPointRange(from_value=self.float_range[0],
+                                                            to_value=self.float_range[1], step=0.0)]
+        return desc
+
+
+# Every parameter, its default (config/vla.yaml repeats these) and its descriptor.
+PARAMETERS: dict[str, ParamSpec] = {
+    "checkpoint": ParamSpec("", "OpenVLA checkpoint directory (openvla/openvla-7b layout). Empty: no policy, nothing "
+                                "is published until it is set. Setting it at runtime swaps the policy live.",
+                            group="policy"),
+    "backend": ParamSpec("native", f"policy backend: {' | '.join(BACKENDS)} (hf-official needs transformers "
+                                   "4.40.1 + timm 0.9.x in its own environment)", group="policy"),
+    "device": ParamSpec("auto", "torch device: auto | cpu | cuda | cuda:N | cuda:0,cuda:1 (native: split over two)",
+                        group="policy"),
+    "dtype": ParamSpec("auto", f"weights dtype: {' | '.join(DTYPES)} (auto: bfloat16 on GPU, float32 on CPU)",
+                       group="policy"),
+    "unnorm_key": ParamSpec("bridge_orig", "dataset statistics key in the checkpoint's norm_stats used to "
+                                           "un-normalise actions (bridge_orig = BridgeData v2 / WidowX)"),
+    "prompt_mode": ParamSpec("none", f"{' | '.join(PROMPT_MODES)}: official prompt (E0), facts supplement "
+                                     "(E2/E5), same-length content-free placeholder (E3)", group="fusion"),
+    "supplement_template": ParamSpec(DEFAULT_SUPPLEMENT_TEMPLATE, "full prompt for supplement/placeholder modes with "
+                                                                  "{task} and {supplement}", group="fusion"),
+    "placeholder_kind": ParamSpec("digits", f"placeholder text: {' | '.join(PLACEHOLDER_KINDS)}", group="fusion"),
+    "placeholder_seed": ParamSpec(0, "placeholder seed; each frame uses (seed, frame stamp)", group="fusion"),
+    "facts_max_age_s": ParamSpec(1.0, "facts older than this (frame stamp - facts stamp) are stale",
+                                 float_range=(0.0, 3600.0)),
+    "stale_facts_policy": ParamSpec("hold", "stale or missing facts: hold (publish nothing for the frame) | none "
+                                            "(act with the official prompt)"),
+    "control_rate_hz": ParamSpec(5.0, "action rate (BridgeData v2 robot: 5 Hz); at most one action per frame",
+                                 float_range=(0.1, 100.0)),
+    "dry_run": ParamSpec(True, "flag every action dry_run (no hardware should execute it); false only on a robot"),
+    "image_compressed": ParamSpec(True, "subscribe to camera/image_raw/compressed (JPEG/PNG) instead of "
+                                        "camera/image_raw; fixed at start", read_only=True),
+    "require_frame_facts": ParamSpec(False, "supplement/placeholder: act on frame t only once facts stamped t exist "
+                                            "(deterministic replay records)"),
+}
+
+
+def stamp_ns(stamp: TimeMsg) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+@dataclass(frozen=True)
+class Frame:
+    rgb: np.ndarray
+    header: Header
+    stamp_ns: int
+    received: float  # time.monotonic() at receipt: latency_s = publication - receipt
+
+
+@dataclass(frozen=True)
+class FactsChoice:
+    """What the prompt uses for one frame: a mode, the supplement (or None) and the facts' age (-1: none)."""
+
+    mode: str | None  # None: do not act on this frame now
+    supplement: str | None = None
+    age_s: float = -1.0
+
+
+class VlaNode(Node):
+    def __init__(self, **kwargs: Any):
+        super().__init__(NODE_NAME, **kwargs)
+        for name, spec in PARAMETERS.items():
+            self.declare_parameter(name, spec.default, spec.descriptor())
+        self.health = Health("vla: actions", hardware_id=self._param("device"))
+        self._slot: ModelSlot[PolicySpec, Policy] = ModelSlot(
+            load_policy, name=lambda spec: spec.checkpoint, preflight=preflight, on_event=self._on_slot_event)
+        self._fusion = self._fusion_config({})
+        self._fuser_cache: tuple[Policy, PromptFuser] | None = None  # the fuser measures with the policy's tokenizer
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._acted_stamp: int | None = None  # stamp of the last frame acted on (never re-used)
+        self._stale_counted_stamp: int | None = None
+        self._facts: deque[VisualFacts] = deque(maxlen=_FACTS_KEPT)
+        self._task = ""
+        self._ticks = 0
+        self._stopping = False
+        self._bad_kinds_logged: set[str] = set()
+        self._startup_problem = ""
+        self._published: deque[float] = deque(maxlen=50)
+
+        self._action_pub = self.create_publisher(WidowXAction, "~/action", RELIABLE_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        if self._param("image_compressed"):
+            self.create_subscription(CompressedImage, "camera/image_raw/compressed",
+                                     lambda m: self._on_image(m, compressed_imgmsg_to_rgb), SENSOR_QOS)
+        else:
+            self.create_subscription(Image, "camera/image_raw", lambda m: self._on_image(m, imgmsg_to_rgb),
+                                     SENSOR_QOS)
+        self.create_subscription(String, "task", self._on_task, LATCHED_QOS)
+        self.create_subscription(VisualFacts, "supplementor/facts", self._on_facts, RELIABLE_QOS)
+        self._timer = self.create_timer(1.0 / float(self._param("control_rate_hz")), self._on_tick)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        if not self._param("dry_run"):
+            self.get_logger().warning("dry_run is false: actions are published for execution on hardware")
+
+        self._request_initial_policy()
+        self._worker = threading.Thread(target=self._work, name="vla-inference", daemon=True)
+        self._worker.start()
+
+    # ---- parameters and policies ----------------------------------------------------------------------------
+    def _param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _value(self, name: str, overrides: dict[str, Any]) -> Any:
+        return overrides.get(name, self._param(name))
+
+    def _policy_spec(self, overrides: dict[str, Any]) -> PolicySpec:
+        return PolicySpec(**{name: self._value(name, overrides) for name, spec in PARAMETERS.items()
+                             if spec.group == "policy"})
+
+    def _fusion_config(self, overrides: dict[str, Any]) -> FusionConfig:
+        return FusionConfig(mode=self._value("prompt_mode", overrides),
+                            template=self._value("supplement_template", overrides),
+                            placeholder_kind=self._value("placeholder_kind", overrides),
+                            placeholder_seed=int(self._value("placeholder_seed", overrides)))
+
+    def _request_initial_policy(self) -> None:
+        spec = self._policy_spec({})
+        if not spec.checkpoint:
+            self._startup_problem = ("no checkpoint set: publishing nothing until one is set, e.g. "
+                                     "`ros2 param set /vla checkpoint /path/to/openvla-7b`")
+            self.get_logger().warning(self._startup_problem)
+            return
+        reason = self._slot.check(spec) or self._check_changes({})
+        if reason:
+            self._startup_problem = f"checkpoint rejected: {reason}; publishing nothing until a valid one is set"
+            self.get_logger().error(self._startup_problem)
+            return
+        self._slot.request(spec)
+
+    def _check_changes(self, changes: dict[str, Any]) -> str | None:
+        """The reason to reject ``changes``, or None. Cheap: reads the checkpoint's config.json at most."""
+        try:
+            self._fusion_config(changes)
+            policy = self._value("stale_facts_policy", changes)
+            if policy not in STALE_POLICIES:
+                return f"stale_facts_policy {policy!r} is not one of {', '.join(STALE_POLICIES)}"
+            spec = self._policy_spec(changes)
+            if spec.checkpoint:
+                check_unnorm_key(norm_stats_of(spec.checkpoint), self._value("unnorm_key", changes), spec.checkpoint)
+        except ValueError as error:
+            return str(error)
+        return None
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Validate every change; start the background load for policy changes (Humble has no post-set callback)."""
+        changes = {p.name: p.value for p in params if p.name in PARAMETERS}
+        reason = self._check_changes(changes)
+        spec = self._policy_spec(changes)
+        if reason is None and spec.checkpoint and any(PARAMETERS[n].group == "policy" for n in changes):
+            if spec != self._policy_spec({}) or (self._slot.current[0] is None and not self._slot.busy):
+                reason = self._slot.check(spec)
+                if reason is None:
+                    self._startup_problem = ""
+                    self._slot.request(spec)
+        if reason:
+            self.get_logger().error(f"rejected parameter change {changes}: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
+        if any(PARAMETERS[n].group == "fusion" for n in changes):
+            self._fusion = self._fusion_config(changes)
+        if "control_rate_hz" in changes:
+            self._timer.cancel()
+            self.destroy_timer(self._timer)
+            self._timer = self.create_timer(1.0 / float(changes["control_rate_hz"]), self._on_tick)
+        return SetParametersResult(successful=True)
+
+    def _on_slot_event(self, level: str, text: str) -> None:
+        (self.get_logger().error if level == "error" else self.get_logger().info)(text)
+
+    # ---- inputs ---------------------------------------------------------------------------------------------
+    def _on_image(self, msg: Image | CompressedImage, decode) -> None:
+        received = time.monotonic()
+        self.health.count("frames_received")
+        try:
+            rgb = decode(msg)
+        except ImageDecodeError as exc:
+            self.health.count(f"bad_images.{exc.kind}")
+            if exc.kind not in self._bad_kinds_logged:
+                self._bad_kinds_logged.add(exc.kind)
+                self.get_logger().warning(f"dropping undecodable frame ({exc}); further '{exc.kind}' frames are "
+                                          "only counted in /diagnostics")
+            return
+        with self._cond:
+            if self._frame is not None and self._frame.stamp_ns != self._acted_stamp:
+                self.health.count("frames_dropped")  # replaced before it was acted on
+            self._frame = Frame(rgb, msg.header, stamp_ns(msg.header.stamp), received)
+
+    def _on_task(self, msg: String) -> None:
+        with self._cond:
+            if msg.data != self._task:
+                self._task = msg.data
+                self.get_logger().info(f"new task: {msg.data!r}")
+
+    def _on_facts(self, msg: VisualFacts) -> None:
+        with self._cond:
+            self._facts.append(msg)
+        self.health.count("facts_received")
+
+    def _on_tick(self) -> None:
+        with self._cond:
+            self._ticks += 1
+            self._cond.notify_all()
+
+    # ---- choosing what to act on ----------------------------------------------------------------------------
+    def _choose_facts(self, frame: Frame, mode: str) -> FactsChoice:
+        """Which facts (if any) the prompt for ``frame`` uses; called with the lock held."""
+        if mode == "none":
+            return FactsChoice("none")
+        usable = [f for f in self._facts if f.valid and f.task == self._task and stamp_ns(f.header.stamp)
+                  <= frame.stamp_ns]
+        if self._param("require_frame_facts"):
+            exact = [f for f in usable if stamp_ns(f.header.stamp) == frame.stamp_ns]
+            return FactsChoice(mode, exact[-1].supplement, 0.0) if exact else FactsChoice(None)
+        newest = max(usable, key=lambda f: stamp_ns(f.header.stamp), default=None)
+        if newest is not None:
+            age = (frame.stamp_ns - stamp_ns(newest.header.stamp)) / 1e9
+            if age <= float(self._param("facts_max_age_s")):
+                return FactsChoice(mode, newest.supplement, age)
+        if self._stale_counted_stamp != frame.stamp_ns:
+            self._stale_counted_stamp = frame.stamp_ns
+            self.health.count("stale_facts")
+        return FactsChoice("none") if self._param("stale_facts_policy") == "none" else FactsChoice(None)
+
+    def _next_job(self) -> tuple[Frame, str, FactsChoice] | None:
+        """Wait for a tick with a frame not yet acted on; None when the node stops."""
+        seen = self._ticks
+        with self._cond:
+            while not self._stopping:
+                if self._ticks == seen:
+                    self._cond.wait(0.5)
+                    continue
+                seen = self._ticks
+                frame = self._frame
+                if frame is None or frame.stamp_ns == self._acted_stamp:
+                    self.health.count("idle_ticks")
+                    continue
+                if not self._task or self._slot.current[0] is None:
+                    self.health.count("ticks_without_task_or_policy")
+                    continue
+                choice = self._choose_facts(frame, self._fusion.mode)
+                if choice.mode is None:
+                    self.health.count("ticks_waiting_for_facts")
+                    continue
+                self._acted_stamp = frame.stamp_ns
+                return frame, self._task, choice
+        return None
+
+    # ---- inference worker -----------------------------------------------------------------------------------
+    def _fuser(self, policy: Policy) -> PromptFuser:
+        cached = self._fuser_cache
+        if cached is None or cached[0] is not policy or cached[1].config != self._fusion:
+            cached = self._fuser_cache = (policy, PromptFuser(self._fusion, policy.tokenizer))
+        return cached[1]
+
+    def _work(self) -> None:
+        while (job := self._next_job()) is not None:
+            frame, task, choice = job
+            policy, policy_id = self._slot.current
+            unnorm_key = self._param("unnorm_key")
+            try:
+                prompt = self._fuser(policy).build(task, choice.supplement, frame.stamp_ns, mode=choice.mode)
+                raw = policy.predict([frame.rgb], [prompt.text], unnorm_key)[0]
+                clipped = clip_to_widowx(raw)
+            except PlaceholderError as exc:
+                self.health.count("placeholder_failures")
+                self.get_logger().error(str(exc), throttle_duration_sec=10.0)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a failing frame must not kill the node
+                self.health.count("inference_errors")
+                self.health.set_field("last_error", f"inference failed on {policy_id}: {exc}")
+                self.get_logger().error(f"inference failed on {policy_id}: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=10.0)
+                continue
+            latency = time.monotonic() - frame.received
+            self._action_pub.publish(self._action_msg(frame, clipped, prompt.mode, policy_id, choice, latency))
+            self._published.append(time.monotonic())
+            self.health.latency.add(latency)
+            self.health.count("actions_published")
+            self.health.count(f"actions_mode.{prompt.mode}")
+            if clipped.clipped:
+                self.health.count("actions_clipped")
+
+    def _action_msg(self, frame: Frame, clipped, mode: str, policy_id: str, choice: FactsChoice,
+                    latency: float) -> WidowXAction:
+        a = clipped.action
+        return WidowXAction(
+            header=frame.header, delta_xyz=Vector3(x=a[0], y=a[1], z=a[2]),
+            delta_rpy=Vector3(x=a[3], y=a[4], z=a[5]), gripper=float(a[6]),
+            raw=[float(v) for v in clipped.raw], clipped=clipped.clipped, dry_run=bool(self._param("dry_run")),
+            prompt_mode=mode, policy_id=policy_id, facts_age_s=float(choice.age_s if mode != "none" else -1.0),
+            latency_s=float(latency))
+
+    # ---- diagnostics and shutdown ---------------------------------------------------------------------------
+    def _rate_hz(self) -> float:
+        stamps = [t for t in self._published if t > time.monotonic() - 10.0]
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
+
+    def _publish_diagnostics(self) -> None:
+        policy, policy_id = self._slot.current
+        loading = self._slot.loading
+        self.health.set_field("policy_id", policy_id or "none")
+        self.health.set_field("loading", loading.checkpoint if loading is not None else "")
+        self.health.set_field("prompt_mode", self._fusion.mode)
+        self.health.set_field("unnorm_key", self._param("unnorm_key"))
+        self.health.set_field("dry_run", str(self._param("dry_run")).lower())
+        self.health.set_field("rate_hz", f"{self._rate_hz():.2f}")
+        self.health.set_field("task", self._task)
+        if self._slot.last_error:
+            self.health.set_field("last_error", self._slot.last_error)
+        if policy is None:
+            self.health.error = (self._slot.last_error or self._startup_problem
+                                 or (f"loading {loading.checkpoint}" if loading else "no policy loaded"))
+        else:
+            self.health.error = ""
+        self.health.warning = self._slot.last_error if policy is not None else ""
+        self._diag_pub.publish(self.health.to_array(Header(stamp=self.get_clock().now().to_msg())))
+
+    def close(self) -> None:
+        """Stop the worker (after the inference in progress) and the loader."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._worker.join(timeout=30.0)
+        self._slot.close()
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = VlaNode()
+    executor = MultiThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
