@@ -119,3 +119,24 @@ def test_hf_official_backend_refuses_an_environment_it_cannot_run_in(checkpoint)
     with pytest.raises(BackendUnavailable, match="transformers is .*4.40.1") as error:
         load_policy(PolicySpec(str(checkpoint), backend="hf-official"))
     assert "modeling_prismatic.py" in str(error.value) and "backend 'native'" in str(error.value)
+
+
+def test_benchmark_decode_paths_agree_with_the_runtime(runtime):
+    """The bench compares speed of paths that must produce the same ids (static cache, plain HF generate)."""
+    from vla_node.bench import _decoders
+
+    prompts = [official_prompt(t) for t in ("open the drawer", "put the carrot on the plate right now", "stack")]
+    ids = runtime.encode(prompts)
+    pixel_values = runtime.preprocessor(_images(3))
+    expected = runtime.generate(pixel_values, ids).token_ids
+    for name, decode in _decoders(runtime).items():
+        for _ in range(2):  # the static decoder reuses its cache on the second call
+            np.testing.assert_array_equal(decode(pixel_values, ids).numpy(), expected.numpy(), err_msg=name)
+
+
+def test_benchmark_imports_no_ros():
+    import subprocess
+    import sys
+
+    code = "import sys, vla_node.bench, vla_node.fast_decode, vla_node.tiny_model; assert 'rclpy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
 from vla_node.actions import ActionDecoder
 from vla_node.checkpoint import load_openvla
@@ -92,8 +93,12 @@ class OpenVLARuntime:
     # ---- model passes --------------------------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, pixel_values: torch.Tensor, prompt_ids: Sequence[Sequence[int]],
-                logits_to_keep: int = 1) -> Prefill:
-        """The multimodal forward over ``prompt_ids`` exactly as given (no 29871 append)."""
+                logits_to_keep: int = 1, cache: Cache | None = None) -> Prefill:
+        """The multimodal forward over ``prompt_ids`` exactly as given (no 29871 append).
+
+        ``cache``: an empty cache to fill (e.g. a reused StaticCache, see :mod:`vla_node.fast_decode`); default a
+        new DynamicCache.
+        """
         if len(prompt_ids) != pixel_values.shape[0]:
             raise ValueError(f"{len(prompt_ids)} prompts for {pixel_values.shape[0]} images")
         device = self.device
@@ -113,9 +118,10 @@ class OpenVLARuntime:
         mask = torch.cat([torch.ones(len(prompt_ids), 1 + patches.shape[1], dtype=torch.long), rest_mask],
                          dim=1).to(device)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.language_model.config)
+        cache = DynamicCache(config=self.model.language_model.config) if cache is None else cache
         out = self.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                        past_key_values=cache, use_cache=True, logits_to_keep=logits_to_keep)
+                                        past_key_values=cache, use_cache=True, logits_to_keep=logits_to_keep,
+                                        cache_position=torch.arange(mask.shape[1], device=device))
         return Prefill(out.logits, mask, positions, out.past_key_values)
 
     @torch.inference_mode()

@@ -1,0 +1,169 @@
+"""``task-supplementor bench vla``: OpenVLA actions/s at batch 1 and frames/s batched, decode paths side by side.
+
+Paths (same model, same inputs, same run):
+
+- ``hf-generate``: our prefill embeddings handed to transformers' ``LlamaForCausalLM.generate`` (greedy, dynamic
+  cache): the plain ``generate``-based way, as the official ``predict_action`` decodes.
+- ``native``: the runtime's own decode loop (dynamic cache), what the node uses by default.
+- ``native-static``: :class:`vla_node.fast_decode.StaticGreedyDecoder`: static KV cache; on CUDA the decode step is
+  compiled into CUDA graphs (``torch.compile(mode="reduce-overhead")``).
+
+Each timed call is a whole frame: image preprocessing, vision towers, projector, prefill, 7 decode steps,
+un-normalisation. ``--full-size`` builds the OpenVLA-7B architecture (DINOv2-L + SigLIP-so400m + Llama-2-7B) with
+random weights directly on the GPU in bf16 (no 15 GB CPU init); the compute is the real model's. Without it, the tiny
+random checkpoint (official layout) runs on CPU. Imports no ROS: it runs on a bare GPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PATHS = ("hf-generate", "native", "native-static")
+TASKS = ("put the carrot on the plate", "open the drawer", "move the yellow cup to the left side of the table",
+         "stack the blocks")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--full-size", action="store_true",
+                        help="OpenVLA-7B sizes, random weights, bf16, built on the GPU (needs cuda)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="a real OpenVLA checkpoint directory to load instead (e.g. openvla/openvla-7b)")
+    parser.add_argument("--device", default=None, help="default: cuda with --full-size/--checkpoint on GPU, else cpu")
+    parser.add_argument("--batch", type=int, default=None, help="batched size (default 64 on GPU, 8 on CPU)")
+    parser.add_argument("--iters", type=int, default=None, help="timed calls per measurement (default 30 GPU / 10 CPU)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation, CUDA graphs)")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
+    parser.add_argument("--no-record", action="store_true", help="print the table only (no docs/benchmarks.md)")
+
+
+def full_size_runtime(device: str):
+    """OpenVLA-7B architecture with random bf16 weights allocated and initialised on ``device``."""
+    from vla_node.config import OpenVLAConfig
+    from vla_node.model import OpenVLAModel
+    from vla_node.runtime import OpenVLARuntime
+    from vla_node.tiny_model import TinyOpenVLAConfig, build_llama_tokenizer, openvla_config_dict, \
+        preprocessor_config_dict
+
+    raw = openvla_config_dict(TinyOpenVLAConfig())
+    raw.pop("parity_fixture_timm_overrides")
+    raw["text_config"] = {"model_type": "llama", "pad_token_id": 32000, "vocab_size": 32064}  # = openvla-7b's
+    config = OpenVLAConfig.from_dict(raw, preprocessor_config_dict())
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = OpenVLAModel(config)
+            for name, param in model.named_parameters():  # O(1) activations, cheap on the GPU
+                if param.dim() > 1:
+                    param.data.normal_(0.0, param.shape[-1] ** -0.5 if "embed_tokens" not in name else 1.0)
+    finally:
+        torch.set_default_dtype(previous)
+    return OpenVLARuntime(model.eval().requires_grad_(False), build_llama_tokenizer())
+
+
+def _load_runtime(args: argparse.Namespace, device: str):
+    from vla_node.runtime import OpenVLARuntime
+
+    if args.full_size:
+        return full_size_runtime(device), "OpenVLA-7B architecture, random weights, bf16"
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if args.checkpoint is not None:
+        return OpenVLARuntime.from_pretrained(args.checkpoint, dtype=dtype, device_map=device), str(args.checkpoint)
+    from vla_node.tiny_model import make_tiny_openvla
+
+    tiny = make_tiny_openvla(Path(tempfile.mkdtemp(prefix="openvla_tiny_")) / "openvla_tiny")
+    return OpenVLARuntime.from_pretrained(tiny, dtype=dtype, device_map=device), "tiny random OpenVLA (official layout)"
+
+
+def _decoders(runtime) -> dict[str, Callable]:
+    """path -> fn(pixel_values, prompt_ids) -> (B, 7) token ids."""
+    from vla_node.fast_decode import StaticGreedyDecoder
+    from vla_node.prompting import with_empty_token
+
+    def hf_generate(pixel_values, prompt_ids):
+        state_ids = [with_empty_token(ids) for ids in prompt_ids]
+        llm = runtime.model.language_model
+        embed = llm.get_input_embeddings()
+        longest = max(len(ids) for ids in state_ids)
+        rows, masks = [], []
+        patches = runtime.model.image_embeddings(pixel_values.to(runtime.device))
+        for row, ids in enumerate(state_ids):  # [BOS][patches][pad][rest]: same layout as the runtime's prefill
+            pad = longest - len(ids)
+            text = embed(torch.as_tensor(ids, device=runtime.device))
+            pad_embeds = text.new_zeros(pad, text.shape[-1])
+            rows.append(torch.cat([text[:1], patches[row].to(text.dtype), pad_embeds, text[1:]]))
+            masks.append(torch.tensor([1] * (1 + patches.shape[1]) + [0] * pad + [1] * (len(ids) - 1)))
+        out = llm.generate(inputs_embeds=torch.stack(rows), attention_mask=torch.stack(masks).to(runtime.device),
+                           max_new_tokens=7, min_new_tokens=7, do_sample=False, pad_token_id=runtime.pad_token_id)
+        return out[:, -7:]
+
+    static = StaticGreedyDecoder(runtime)
+    return {"hf-generate": hf_generate,
+            "native": lambda pv, ids: runtime.generate(pv, ids).token_ids,
+            "native-static": static.generate}
+
+
+def _measure(runtime, decode: Callable, images, prompts, iters: int, warmup: int) -> float:
+    """Frames per second of whole-frame prediction (preprocess -> actions) at len(images) frames per call."""
+    ids = runtime.encode(prompts)
+    cuda = runtime.device.type == "cuda"
+
+    def call():
+        with torch.inference_mode():
+            tokens = decode(runtime.preprocessor(images), ids).cpu().numpy()
+        runtime.decoder.decode(tokens, "bridge_orig")
+
+    for _ in range(warmup):
+        call()
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        call()
+    if cuda:
+        torch.cuda.synchronize()
+    return iters * len(images) / (time.perf_counter() - start)
+
+
+def run(args: argparse.Namespace) -> int:
+    from task_supplementor.bench import record_table
+
+    device = args.device or ("cuda" if (args.full_size or torch.cuda.is_available()) else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print("bench vla: --full-size needs a CUDA GPU (torch.cuda.is_available() is False)")
+        return 2
+    on_gpu = device.startswith("cuda")
+    batch = args.batch or (64 if on_gpu else 8)
+    iters = args.iters or (30 if on_gpu else 10)
+    runtime, what = _load_runtime(args, device)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8) for _ in range(batch)]
+    prompts = [f"In: What action should the robot take to {TASKS[i % len(TASKS)]}?\nOut:" for i in range(batch)]
+    decoders = _decoders(runtime)
+    rows = []
+    for path in [p.strip() for p in args.paths.split(",") if p.strip()]:
+        try:
+            single = _measure(runtime, decoders[path], images[:1], prompts[:1], iters, args.warmup)
+            batched = _measure(runtime, decoders[path], images, prompts, max(2, iters // 4), args.warmup)
+            rows.append(f"| {path} | {single:.2f} | {batched:.1f} |")
+        except Exception as error:  # noqa: BLE001 - one failing path must not hide the others' numbers
+            rows.append(f"| {path} | failed: {type(error).__name__}: {str(error)[:120]} | |")
+        print(rows[-1], flush=True)
+    table = "\n".join([f"| path | actions/s (batch 1) | frames/s (batch {batch}) |", "|---|---:|---:|", *rows])
+    notes = (f"Model: {what}; device {device}, {runtime.model.projector.fc1.weight.dtype}. Whole frames: PIL "
+             "preprocessing, both ViTs, projector, prefill (256 patches + prompt), 7 greedy tokens, un-normalisation. "
+             "Prompts of mixed lengths in the batch. Targets on one H100 (bf16): >= 15 actions/s at batch 1, "
+             ">= 150 frames/s batched.")
+    title = f"VLA (OpenVLA) inference, {'full size' if args.full_size else 'tiny'} on {device}"
+    if args.no_record:
+        print(table + "\n\n" + notes)
+    else:
+        record_table(title, table, notes)
+    return 0
