@@ -140,3 +140,19 @@ def test_benchmark_imports_no_ros():
 
     code = "import sys, vla_node.bench, vla_node.fast_decode, vla_node.tiny_model; assert 'rclpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_graphed_decoder_padding_buckets_keep_the_ids(runtime):
+    """Prompt padding to a bucket (masked, positions by cumsum) must not change the greedy ids (eager on CPU)."""
+    from vla_node.fast_decode import GraphedGreedyDecoder
+
+    assert runtime.graphed is None  # CUDA graphs only when the model sits on one CUDA device
+    prompts = [official_prompt(t) for t in ("open the drawer", "put the carrot on the plate right now")]
+    ids = runtime.encode(prompts)
+    pixel_values = runtime.preprocessor(_images(2))
+    expected = runtime.generate(pixel_values, ids).token_ids
+    for bucket in (1, 7, 64):
+        decoder = GraphedGreedyDecoder(runtime, bucket=bucket)
+        assert decoder.text_inputs(ids)[0].shape[1] % bucket == 0
+        np.testing.assert_array_equal(decoder.generate(pixel_values, ids).numpy(), expected.numpy(), err_msg=bucket)
+        np.testing.assert_array_equal(decoder.generate(pixel_values[:1], ids[:1]).numpy(), expected[:1].numpy())

@@ -5,8 +5,9 @@ Paths (same model, same inputs, same run):
 - ``hf-generate``: our prefill embeddings handed to transformers' ``LlamaForCausalLM.generate`` (greedy, dynamic
   cache): the plain ``generate``-based way, as the official ``predict_action`` decodes.
 - ``native``: the runtime's own decode loop (dynamic cache), what the node uses by default.
-- ``native-static``: :class:`vla_node.fast_decode.StaticGreedyDecoder`: static KV cache; on CUDA the decode step is
-  compiled into CUDA graphs (``torch.compile(mode="reduce-overhead")``).
+- ``native-graphed``: :class:`vla_node.fast_decode.GraphedGreedyDecoder`, what the node's runtime uses on one CUDA
+  device: the whole frame (vision, prefill into a static cache, 7 greedy steps) replayed as one CUDA graph per
+  (batch, prompt-length bucket); on CPU the same fixed-shape code runs eagerly.
 
 Each timed call is a whole frame: image preprocessing, vision towers, projector, prefill, 7 decode steps,
 un-normalisation. ``--full-size`` builds the OpenVLA-7B architecture (DINOv2-L + SigLIP-so400m + Llama-2-7B) with
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PATHS = ("hf-generate", "native", "native-static")
+PATHS = ("hf-generate", "native", "native-graphed")
 TASKS = ("put the carrot on the plate", "open the drawer", "move the yellow cup to the left side of the table",
          "stack the blocks")
 
@@ -84,7 +85,7 @@ def _load_runtime(args: argparse.Namespace, device: str):
 
 def _decoders(runtime) -> dict[str, Callable]:
     """path -> fn(pixel_values, prompt_ids) -> (B, 7) token ids."""
-    from vla_node.fast_decode import StaticGreedyDecoder
+    from vla_node.fast_decode import GraphedGreedyDecoder
     from vla_node.prompting import with_empty_token
 
     def hf_generate(pixel_values, prompt_ids):
@@ -104,18 +105,21 @@ def _decoders(runtime) -> dict[str, Callable]:
                            max_new_tokens=7, min_new_tokens=7, do_sample=False, pad_token_id=runtime.pad_token_id)
         return out[:, -7:]
 
-    static = StaticGreedyDecoder(runtime)
+    graphed = runtime.graphed or GraphedGreedyDecoder(runtime)
     return {"hf-generate": hf_generate,
             "native": lambda pv, ids: runtime.generate(pv, ids).token_ids,
-            "native-static": static.generate}
+            "native-graphed": graphed.generate}
 
 
-def _measure(runtime, decode: Callable, images, prompts, iters: int, warmup: int) -> float:
-    """Frames per second of whole-frame prediction (preprocess -> actions) at len(images) frames per call."""
+def _measure(runtime, decode: Callable, images, prompts, iters: int, warmup: int) -> tuple[float, np.ndarray]:
+    """Frames per second of whole-frame prediction (preprocess -> actions) at len(images) frames per call, and the
+    last call's token ids."""
     ids = runtime.encode(prompts)
     cuda = runtime.device.type == "cuda"
+    tokens = np.zeros(0)
 
     def call():
+        nonlocal tokens
         with torch.inference_mode():
             tokens = decode(runtime.preprocessor(images), ids).cpu().numpy()
         runtime.decoder.decode(tokens, "bridge_orig")
@@ -129,7 +133,7 @@ def _measure(runtime, decode: Callable, images, prompts, iters: int, warmup: int
         call()
     if cuda:
         torch.cuda.synchronize()
-    return iters * len(images) / (time.perf_counter() - start)
+    return iters * len(images) / (time.perf_counter() - start), tokens
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,19 +151,25 @@ def run(args: argparse.Namespace) -> int:
     images = [rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8) for _ in range(batch)]
     prompts = [f"In: What action should the robot take to {TASKS[i % len(TASKS)]}?\nOut:" for i in range(batch)]
     decoders = _decoders(runtime)
-    rows = []
+    rows, reference = [], None
     for path in [p.strip() for p in args.paths.split(",") if p.strip()]:
         try:
-            single = _measure(runtime, decoders[path], images[:1], prompts[:1], iters, args.warmup)
-            batched = _measure(runtime, decoders[path], images, prompts, max(2, iters // 4), args.warmup)
-            rows.append(f"| {path} | {single:.2f} | {batched:.1f} |")
+            single, ids_single = _measure(runtime, decoders[path], images[:1], prompts[:1], iters, args.warmup)
+            batched, ids_batched = _measure(runtime, decoders[path], images, prompts, max(2, iters // 4), args.warmup)
+            ids = np.concatenate([ids_single, ids_batched])
+            reference = ids if reference is None else reference
+            same = "reference" if ids is reference else f"{(ids == reference).all(axis=1).mean() * 100:.0f}%"
+            rows.append(f"| {path} | {single:.2f} | {batched:.1f} | {same} |")
         except Exception as error:  # noqa: BLE001 - one failing path must not hide the others' numbers
-            rows.append(f"| {path} | failed: {type(error).__name__}: {str(error)[:120]} | |")
+            rows.append(f"| {path} | failed: {type(error).__name__}: {str(error)[:120]} | | |")
         print(rows[-1], flush=True)
-    table = "\n".join([f"| path | actions/s (batch 1) | frames/s (batch {batch}) |", "|---|---:|---:|", *rows])
+    table = "\n".join([f"| path | actions/s (batch 1) | frames/s (batch {batch}) | same ids as first path |",
+                       "|---|---:|---:|---:|", *rows])
     notes = (f"Model: {what}; device {device}, {runtime.model.projector.fc1.weight.dtype}. Whole frames: PIL "
              "preprocessing, both ViTs, projector, prefill (256 patches + prompt), 7 greedy tokens, un-normalisation. "
-             "Prompts of mixed lengths in the batch. Targets on one H100 (bf16): >= 15 actions/s at batch 1, "
+             "Prompts of mixed lengths in the batch. 'same ids' = share of frames (batch-1 frame + batched frames) "
+             "whose 7 action tokens equal the first path's (bf16 kernels of different shapes may round differently "
+             "on GPU). Targets on one H100 (bf16): >= 15 actions/s at batch 1, "
              ">= 150 frames/s batched.")
     title = f"VLA (OpenVLA) inference, {'full size' if args.full_size else 'tiny'} on {device}"
     if args.no_record:

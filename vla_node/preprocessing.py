@@ -3,11 +3,15 @@
 WHY PIL on uint8: the official processor resizes the PIL image with Pillow's antialiased bicubic filter and
 re-quantises to uint8 before normalising; a float-tensor bicubic moves normalised pixels by up to ~0.5 and changes
 actions (see the parity fixture's negative controls). The 224 centre crop after the resize is a no-op and is skipped.
+Batches are preprocessed image by image on a small thread pool: Pillow's resize and the tensor arithmetic release the
+GIL, so a batch of 64 costs about what a few images cost serially (~1.6 ms each), with the same per-image results.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -37,7 +41,9 @@ class ImagePreprocessor:
         self._stds = [torch.tensor(s, dtype=torch.float32).view(3, 1, 1) for s in config.stds]
 
     def __call__(self, images: Sequence[ImageLike]) -> torch.Tensor:
-        return torch.stack([self.one(image) for image in images])
+        if len(images) < 2:
+            return torch.stack([self.one(image) for image in images])
+        return torch.stack(list(_pool().map(self.one, images)))
 
     def one(self, image: ImageLike) -> torch.Tensor:
         pil = to_pil_rgb(image)
@@ -51,6 +57,17 @@ class ImagePreprocessor:
                 resized[key] = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
             channels.append((resized[key] - mean) / std)
         return torch.cat(channels, dim=0)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One process-wide pool, made on first batched use (no threads for batch-1 users such as the node)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1), thread_name_prefix="openvla-preprocess")
+    return _POOL
 
 
 def to_pil_rgb(image: ImageLike) -> Image.Image:

@@ -52,23 +52,29 @@ class ActionPrediction:
 class OpenVLARuntime:
     """OpenVLA inference: images + prompts -> 7-D actions, for any batch size and mixed prompt lengths."""
 
-    def __init__(self, model: OpenVLAModel, tokenizer=None) -> None:
+    def __init__(self, model: OpenVLAModel, tokenizer=None, graphs: bool | None = None) -> None:
+        """``graphs``: predict through :class:`vla_node.fast_decode.GraphedGreedyDecoder` (one CUDA graph per frame
+        shape); default: when the whole model sits on one CUDA device. Otherwise :meth:`generate` runs eagerly."""
+        from vla_node.fast_decode import GraphedGreedyDecoder
+
         self.model = model
         self.config: OpenVLAConfig = model.config
         self.tokenizer = tokenizer
         self.preprocessor = ImagePreprocessor(self.config.preprocess)
         self.decoder = ActionDecoder(self.config.action_vocab_size, self.config.n_action_bins, self.config.norm_stats)
         self.pad_token_id = int(self.config.text_config.get("pad_token_id", 32000))
+        graphed = GraphedGreedyDecoder(self, use_graphs=graphs)
+        self.graphed: GraphedGreedyDecoder | None = graphed if graphed.use_graphs else None
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, dtype: torch.dtype = torch.bfloat16,
                         device_map: str | Sequence[str] = "auto", attn_implementation: str = "sdpa",
-                        ) -> OpenVLARuntime:
+                        graphs: bool | None = None) -> OpenVLARuntime:
         from vla_node.tokenizer import load_tokenizer
 
         model = load_openvla(checkpoint_dir, dtype=dtype, device_map=device_map,
                              attn_implementation=attn_implementation)
-        return cls(model, load_tokenizer(checkpoint_dir))
+        return cls(model, load_tokenizer(checkpoint_dir), graphs=graphs)
 
     @property
     def device(self) -> torch.device:
@@ -153,7 +159,10 @@ class OpenVLARuntime:
         self.decoder.resolve_key(unnorm_key)
         pixel_values = images if isinstance(images, torch.Tensor) else self.preprocessor(images)
         steps = self.decoder.action_dim(unnorm_key)
-        ids = self.generate(pixel_values, prompt_ids, steps=steps).token_ids.cpu().numpy()
+        if self.graphed is not None:
+            ids = self.graphed.generate(pixel_values, prompt_ids, steps=steps).cpu().numpy()
+        else:
+            ids = self.generate(pixel_values, prompt_ids, steps=steps).token_ids.cpu().numpy()
         normalized = self.decoder.normalized(ids)
         return ActionPrediction(ids, normalized, self.decoder.unnormalize(normalized, unnorm_key))
 
