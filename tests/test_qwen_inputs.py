@@ -1,0 +1,30 @@
+"""Qwen2.5-VL inputs built without AutoProcessor must give the model what the official processor gives it."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from supplementor_node.qwen_inputs import Prompt, QwenVLInputBuilder
+
+
+def test_image_tokens_get_3d_rotary_positions(tiny_models):
+    """Without mm_token_type_ids transformers 5 silently gives image tokens 1-D text positions (rope delta 0)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    checkpoint = tiny_models / "qwen2_5_vl_tiny"
+    builder = QwenVLInputBuilder(checkpoint, max_pixels=256 * 28 * 28)
+    image = np.random.default_rng(0).integers(0, 256, size=(256, 256, 3), dtype=np.uint8)
+    inputs = builder.build([Prompt(image, "Describe.", "What is visible?")] * 2)
+    types = inputs["mm_token_type_ids"]
+    assert torch.equal(types.bool(), inputs["input_ids"] == builder.image_pad_id)
+    grid_t, grid_h, grid_w = inputs["image_grid_thw"][0].tolist()
+    merge = builder.merge_size
+    assert int(types[0].sum()) == grid_t * grid_h * grid_w // merge**2
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    # the image block spans max(h, w) / merge positions instead of one per token: rope delta is negative
+    expected_delta = max(grid_h, grid_w) // merge - grid_t * grid_h * grid_w // merge**2
+    assert model.model.rope_deltas.flatten().tolist() == [expected_delta] * 2
