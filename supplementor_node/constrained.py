@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from task_supplementor.facts.schema import CONSTRAINED_SEPARATORS
+
 
 class JsonSchemaConstraint:
     """A JSON Schema compiled for one tokenizer; ``logits_processor()`` makes the per-call transformers processor."""
@@ -21,7 +23,7 @@ class JsonSchemaConstraint:
 
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         self._compiled = xgr.GrammarCompiler(info).compile_json_schema(
-            json.dumps(schema), any_whitespace=False, strict_mode=True)
+            json.dumps(schema), any_whitespace=False, separators=CONSTRAINED_SEPARATORS, strict_mode=True)
 
     def logits_processor(self):
         from xgrammar.contrib.hf import LogitsProcessor

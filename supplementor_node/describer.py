@@ -15,7 +15,8 @@ import numpy as np
 from supplementor_node.backends import Backend, BackendConfig, load_backend
 from supplementor_node.prompt_spec import PromptSpec, load_prompt_spec
 from supplementor_node.qwen_inputs import Prompt
-from task_supplementor.facts import FactsOutcome, Limits, evaluate_output, facts_json_schema
+from task_supplementor.facts import FactsOutcome, Limits, evaluate_output
+from task_supplementor.facts.schema import fit_schema_bounds
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class DescriberConfig:
     constrained_decoding: bool = True
     limits: Limits = field(default_factory=Limits)
     max_name_chars: int = 40   # bound on free-text fields under constrained decoding, so output stays bounded
+    max_new_tokens: int = 1024  # generation budget; under constrained decoding the schema is fitted to it
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,10 @@ class Describer:
         self.cfg = cfg
         self.spec: PromptSpec = load_prompt_spec(cfg.prompt_version)   # fails fast, before the model load
         limits = cfg.limits
-        schema = facts_json_schema(limits.max_objects, limits.max_relations, limits.max_attributes,
-                                   cfg.max_name_chars) if cfg.constrained_decoding else None
+        # Constrained: bounds fitted to the budget, so every admissible output ends inside it (never cut-off JSON).
+        schema = fit_schema_bounds(cfg.max_new_tokens, limits.max_objects, limits.max_relations,
+                                   limits.max_attributes, cfg.max_name_chars).schema() if cfg.constrained_decoding \
+            else None
         self.backend: Backend = load_backend(BackendConfig(
             checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device, dtype=cfg.dtype,
             image_max_pixels=cfg.image_max_pixels, json_schema=schema))
@@ -60,8 +64,9 @@ class Describer:
     def model_id(self) -> str:
         return self.backend.model_id
 
-    def describe(self, frames: list[tuple[np.ndarray, str]], max_new_tokens: int) -> list[Description]:
-        """frames: (RGB uint8 image, task) pairs, described in one batch."""
+    def describe(self, frames: list[tuple[np.ndarray, str]], max_new_tokens: int | None = None) -> list[Description]:
+        """frames: (RGB uint8 image, task) pairs, described in one batch (budget: the config's unless given)."""
+        max_new_tokens = self.cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
         prompts = [Prompt(image, *self.spec.render(task, self.cfg.limits)) for image, task in frames]
         start = time.perf_counter()
         outputs = self.backend.generate(prompts, max_new_tokens)

@@ -71,7 +71,9 @@ PARAMETERS: dict[str, ParamSpec] = {
                         reloads_model=True),
     "dtype": ParamSpec("auto", f"weights dtype: {' | '.join(DTYPES)} (auto: bfloat16 on GPU, float32 on CPU)",
                        reloads_model=True),
-    "max_new_tokens": ParamSpec(256, "upper bound on generated tokens per frame", int_range=(16, 1024)),
+    "max_new_tokens": ParamSpec(1024, "upper bound on generated tokens per frame; with constrained decoding the "
+                                      "facts schema is bounded so every output completes within it",
+                                int_range=(16, 4096), reloads_model=True),
     "rate_hz": ParamSpec(2.0, "maximum describe rate; frames in between are dropped (a new task re-describes at once)",
                          float_range=(0.1, 30.0)),
     "image_max_pixels": ParamSpec(256 * 28 * 28, "frames are resized to at most this many pixels before the model",
@@ -231,7 +233,7 @@ class SupplementorNode(Node):
             not_before = time.monotonic() + 1.0 / float(self._param("rate_hz"))
             describer, model_id = self._slot.current
             try:
-                description = describer.describe([(frame.rgb, task)], int(self._param("max_new_tokens")))[0]
+                description = describer.describe([(frame.rgb, task)])[0]
             except Exception as exc:  # noqa: BLE001 - a failing frame must not kill the node
                 self.health.count("inference_errors")
                 self.health.set_field("last_error", f"inference failed on {model_id}: {exc}")

@@ -68,6 +68,8 @@ PARAMETER_ARGUMENTS: dict[str, tuple[tuple[tuple[str, str], ...], str]] = {
     "dry_run": ((("vla", "dry_run"),), "flag actions as dry-run (no hardware moves); true until you mean it"),
     "require_frame_facts": ((("vla", "require_frame_facts"),),
                             "act on frame t only with facts of frame t (deterministic replay experiments)"),
+    "fuse_invalid_facts": ((("vla", "fuse_invalid_facts"),),
+                           "also fuse supplements of facts the contract marked invalid (ablations, untrained models)"),
 }
 
 

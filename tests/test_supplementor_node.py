@@ -109,7 +109,7 @@ def _start_node(tiny: Path, ns: str, compressed: bool, log: Path) -> subprocess.
     cmd = [sys.executable, "-m", "supplementor_node.node", "--ros-args", "-r", f"__ns:={ns or '/'}",
            "--params-file", str(REPO / "config" / "supplementor.yaml"),
            "-p", f"checkpoint:={tiny / 'qwen2_5_vl_tiny'}", "-p", f"image_compressed:={str(compressed).lower()}",
-           "-p", "max_new_tokens:=24", "-p", "rate_hz:=30.0", "-p", "device:=cpu"]
+           "-p", "max_new_tokens:=256", "-p", "rate_hz:=30.0", "-p", "device:=cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 

@@ -97,6 +97,8 @@ PARAMETERS: dict[str, ParamSpec] = {
                                         "camera/image_raw; fixed at start", read_only=True),
     "require_frame_facts": ParamSpec(False, "supplement/placeholder: act on frame t only once facts stamped t exist "
                                             "(deterministic replay records)"),
+    "fuse_invalid_facts": ParamSpec(False, "also fuse the supplement of facts the contract marked invalid (ablations, "
+                                           "untrained models); false: invalid facts count as missing"),
 }
 
 
@@ -272,11 +274,16 @@ class VlaNode(Node):
         """Which facts (if any) the prompt for ``frame`` uses; called with the lock held."""
         if mode == "none":
             return FactsChoice("none")
-        usable = [f for f in self._facts if f.valid and f.task == self._task and stamp_ns(f.header.stamp)
-                  <= frame.stamp_ns]
+        fuse_invalid = bool(self._param("fuse_invalid_facts"))
+        for_task = [f for f in self._facts if f.task == self._task and stamp_ns(f.header.stamp) <= frame.stamp_ns]
+        usable = [f for f in for_task if f.valid or fuse_invalid]
         if self._param("require_frame_facts"):
             exact = [f for f in usable if stamp_ns(f.header.stamp) == frame.stamp_ns]
-            return FactsChoice(mode, exact[-1].supplement, 0.0) if exact else FactsChoice(None)
+            if exact:
+                return FactsChoice(mode, exact[-1].supplement, 0.0)
+            if not any(stamp_ns(f.header.stamp) == frame.stamp_ns for f in for_task):
+                return FactsChoice(None)  # the facts of this frame are not here yet: wait for them
+            usable = []  # they came, invalid: the stale-facts policy decides below (never wait forever)
         newest = max(usable, key=lambda f: stamp_ns(f.header.stamp), default=None)
         if newest is not None:
             age = (frame.stamp_ns - stamp_ns(newest.header.stamp)) / 1e9

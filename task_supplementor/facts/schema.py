@@ -7,6 +7,8 @@ output still parses and the validator can name the rule it breaks instead of the
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -150,3 +152,78 @@ def facts_json_schema(max_objects: int | None = None, max_relations: int | None 
             prop["maxLength"] = max_name_chars
         defs["ObjectFact"]["properties"]["attributes"]["items"]["maxLength"] = max_name_chars
     return schema
+
+
+# Free text under constrained decoding: printable ASCII without quote or backslash, so a JSON string of n
+# characters is exactly n characters on the wire and at most n tokens under any byte-level BPE tokenizer.
+CONSTRAINED_TEXT_CHARS = "[A-Za-z0-9 ,.'()/+-]"
+CONSTRAINED_SEPARATORS = (",", ":")  # compact JSON: the constrained decoder spends no tokens on spaces
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemaBounds:
+    """Size bounds of a constrained facts output (see :func:`fit_schema_bounds`)."""
+
+    max_objects: int
+    max_relations: int
+    max_attributes: int
+    max_name_chars: int
+
+    def worst_case_chars(self) -> int:
+        """Characters of the longest JSON the bounded schema admits (compact separators as xgrammar emits)."""
+        name = "x" * self.max_name_chars
+        longest_region = max(REGIONS, key=len)
+        longest_relation = max(RELATIONS, key=len)
+        worst = {
+            "objects": [{"name": name, "attributes": [name] * self.max_attributes, "region": longest_region}]
+            * self.max_objects,
+            "relations": [{"subject": name, "relation": longest_relation, "object": name}] * self.max_relations,
+            "gripper": {"state": max(GRIPPER_STATES, key=len), "holding": name},
+        }
+        return len(json.dumps(worst, separators=CONSTRAINED_SEPARATORS))
+
+    def schema(self) -> dict[str, Any]:
+        schema = facts_json_schema(self.max_objects, self.max_relations, self.max_attributes, self.max_name_chars)
+        defs = schema["$defs"]
+        for prop in (defs["ObjectFact"]["properties"]["name"], defs["Relation"]["properties"]["subject"],
+                     defs["Relation"]["properties"]["object"], defs["ObjectFact"]["properties"]["attributes"]["items"]):
+            prop["pattern"] = f"^{CONSTRAINED_TEXT_CHARS}{{1,{self.max_name_chars}}}$"  # length in the pattern:
+        #                                             xgrammar applies a pattern instead of min/maxLength
+        defs["Gripper"]["properties"]["holding"]["pattern"] = f"^{CONSTRAINED_TEXT_CHARS}{{0,{self.max_name_chars}}}$"
+        for definition in defs.values():
+            for prop in [*definition.get("properties", {}).values(),
+                         definition.get("properties", {}).get("attributes", {}).get("items", {})]:
+                if "pattern" in prop:
+                    prop.pop("minLength", None)
+                    prop.pop("maxLength", None)
+        # Every key, always: "{}" is schema-valid but says nothing, and the parser rightly refuses it.
+        schema["required"] = ["objects", "relations", "gripper"]
+        defs["Gripper"]["required"] = ["state", "holding"]
+        return schema
+
+
+# Bounds tried from most to least generous: names shorten first, then attributes, then fewer objects/relations.
+_BOUNDS_SCHEDULE: tuple[tuple[int, int, int, int], ...] = (  # (objects, relations, attributes, name chars)
+    (6, 6, 4, 40), (6, 6, 4, 32), (6, 6, 3, 24), (5, 5, 3, 24), (5, 4, 2, 24), (4, 4, 2, 20), (4, 3, 2, 20),
+    (3, 3, 2, 20), (3, 2, 2, 16), (3, 2, 1, 16), (2, 2, 1, 16), (2, 1, 1, 16), (1, 1, 1, 16), (1, 1, 1, 12),
+)
+
+
+def fit_schema_bounds(token_budget: int, max_objects: int, max_relations: int, max_attributes: int,
+                      max_name_chars: int, reserve_tokens: int = 8) -> SchemaBounds:
+    """The most generous bounds (within the given maxima) whose longest admissible output fits ``token_budget``.
+
+    WHY: a constrained decoder cut off by ``max_new_tokens`` leaves unterminated JSON, i.e. an output that cannot be
+    parsed at all. If every output the grammar admits fits the budget, generation always ends in complete JSON, and a
+    weak or untrained model is judged by the validator's named rules instead of being "unparseable". Tokens <=
+    characters holds because free text is restricted to :data:`CONSTRAINED_TEXT_CHARS`. Raises ValueError naming
+    the minimum budget when even the smallest bounds do not fit.
+    """
+    candidates = [SchemaBounds(min(o, max_objects), min(r, max_relations), min(a, max_attributes),
+                               min(n, max_name_chars)) for o, r, a, n in _BOUNDS_SCHEDULE]
+    for bounds in candidates:
+        if bounds.worst_case_chars() + reserve_tokens <= token_budget:
+            return bounds
+    need = candidates[-1].worst_case_chars() + reserve_tokens
+    raise ValueError(f"max_new_tokens={token_budget} cannot hold even the smallest bounded facts output; "
+                     f"constrained decoding needs at least {need}")
