@@ -51,6 +51,8 @@ class ReplayConfig:
     mode: str = "lockstep"  # lockstep | realtime
     rate: float = 1.0  # realtime: speed factor
     camera: str = "image_0"  # the bag camera that feeds the live camera topic
+    camera_topic: str = LIVE_CAMERA  # live camera topic (the compressed stream goes to <camera_topic>/compressed)
+    task_topic: str = LIVE_TASK  # live task topic
     remaps: dict[str, str] = dataclasses.field(default_factory=dict)  # extra bag topic -> live topic
     max_frames: int | None = None  # per bag (quick runs)
     action_timeout_s: float = 10.0  # lockstep: wait this long for the action of a frame
@@ -71,14 +73,15 @@ class ReplayResult:
     out: Path | None
 
 
-def default_remaps(camera: str, types: dict[str, tuple[str, int]]) -> dict[str, str]:
+def default_remaps(camera: str, types: dict[str, tuple[str, int]], camera_topic: str = LIVE_CAMERA,
+                   task_topic: str = LIVE_TASK) -> dict[str, str]:
     """The chosen bag camera onto the live camera topic (compressed or raw, as stored) and the task onto /task."""
-    remaps = {topics.TASK: LIVE_TASK}
+    remaps = {topics.TASK: task_topic}
     compressed, raw = topics.camera_topic(camera, True), topics.camera_topic(camera, False)
     if compressed in types:
-        remaps[compressed] = f"{LIVE_CAMERA}/compressed"
+        remaps[compressed] = f"{camera_topic}/compressed"
     elif raw in types:
-        remaps[raw] = LIVE_CAMERA
+        remaps[raw] = camera_topic
     else:
         cams = sorted(t for t, (msgtype, _) in types.items() if msgtype.startswith("sensor_msgs/msg/"))
         raise ValueError(f"camera {camera!r} is not in the bag (image topics: {', '.join(cams) or 'none'})")
@@ -211,7 +214,7 @@ class _Player:
         from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
 
         if topic not in self.publishers:
-            qos = (LATCHED_QOS if topic == LIVE_TASK else SENSOR_QOS if msgtype.startswith("sensor_msgs/msg/")
+            qos = (LATCHED_QOS if msgtype == "std_msgs/msg/String" else SENSOR_QOS if msgtype.startswith("sensor_msgs/msg/")
                    else RELIABLE_QOS)
             self.publishers[topic] = self.node.create_publisher(_msg_class(msgtype), topic, qos)
         return self.publishers[topic]
@@ -270,8 +273,8 @@ def _frame_entry(bag: str, index: int, frame: BagMessage, task: str, published_n
 def _replay_bag(player: _Player, recorder: _Recorder, name: str, path: Path, config: ReplayConfig,
                 first_action_pending: bool) -> list[dict]:
     types = bag_topics(path)
-    remaps = {**default_remaps(config.camera, types), **config.remaps}
-    camera_live = next(live for bag_topic, live in remaps.items() if live.startswith(LIVE_CAMERA))
+    remaps = {**default_remaps(config.camera, types, config.camera_topic, config.task_topic), **config.remaps}
+    camera_live = next(live for bag_topic, live in remaps.items() if live.startswith(config.camera_topic))
     camera_bag = next(bag_topic for bag_topic, live in remaps.items() if live == camera_live)
     input_topics = {live: types[bag_topic][0] for bag_topic, live in remaps.items() if bag_topic in types}
     if GROUND_TRUTH_TOPIC in types:
@@ -391,6 +394,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera", default="image_0", help="bag camera that feeds /camera/image_raw[/compressed]")
     parser.add_argument("--remap", action="append", type=_parse_remap, default=[], metavar="FROM:=TO",
                         help="also publish bag topic FROM on live topic TO (repeatable)")
+    parser.add_argument("--camera-topic", default=LIVE_CAMERA,
+                        help=f"live camera topic the nodes listen on (default {LIVE_CAMERA}; compressed: +/compressed)")
+    parser.add_argument("--task-topic", default=LIVE_TASK, help=f"live task topic (default {LIVE_TASK})")
     parser.add_argument("--max-frames", type=int, default=None, help="frames per bag")
     parser.add_argument("--wait-facts", action="store_true",
                         help="lockstep: also wait for the frame's facts (when the VLA does not wait for them)")
@@ -402,6 +408,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = ReplayConfig(bags=list(args.bags), manifest=args.manifest, split=args.split, episodes=args.episodes,
                           out=args.out, mode=args.mode, rate=args.rate, camera=args.camera,
+                          camera_topic=args.camera_topic, task_topic=args.task_topic,
                           remaps=dict(args.remap), max_frames=args.max_frames, wait_facts=args.wait_facts,
                           action_timeout_s=args.action_timeout, startup_timeout_s=args.startup_timeout,
                           discovery_timeout_s=args.discovery_timeout)

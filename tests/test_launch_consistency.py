@@ -188,3 +188,20 @@ def test_up_names_the_node_that_dies(tiny_models: Path, tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "node 'vla' exited with code" in result.stderr, result.stderr
     assert time.monotonic() - started < 120
+
+
+def test_replay_launch_passes_only_options_the_replay_command_has() -> None:
+    import argparse
+
+    from offline import replay
+
+    parser = argparse.ArgumentParser()
+    replay.add_arguments(parser)
+    known = {option for action in parser._actions for option in action.option_strings}
+    source = (REPO / "launch" / "replay.launch.py").read_text()
+    passed = {node.value for node in ast.walk(ast.parse(source))
+              if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("--")
+              and len(node.value) > 2}
+    passed |= {f"--{name}" for name in ("manifest", "split", "episodes")}  # built as f"--{name}"
+    assert passed, "replay.launch.py passes no options?"
+    assert passed <= known, f"replay.launch.py passes options replay does not have: {sorted(passed - known)}"
