@@ -68,7 +68,8 @@ if [ "$MODE" = "wheels" ]; then
     fi
 fi
 
-h=$(inputs_hash "$ROOT/requirements/python.txt" "$ROOT/setup.py")
+# The editable install maps the top-level packages that exist when it runs: a new package means reinstalling.
+h=$( { cat "$ROOT/requirements/python.txt" "$ROOT/setup.py"; ls "$ROOT"/*/__init__.py; } | sha256sum | cut -c1-16)
 if stamp_ok python "$h"; then
     say "Python dependencies: up to date"
 else

@@ -12,6 +12,8 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import os
+import random
 import sys
 import threading
 import time
@@ -154,6 +156,19 @@ def replay_with_watchdog(suite: SuiteProcesses, replay_config) -> object:
     return outcome["result"]
 
 
+def isolate_ros_graph() -> str:
+    """A private DDS domain on this host for the demo's nodes and replay (inherited by the node processes).
+
+    WHY: the demo publishes a task and camera frames; on a robot workstation those must never reach the robot's
+    graph (whatever ``ROS_DOMAIN_ID`` it uses), and two demos on one machine must not answer each other's frames.
+    Domain ids 1..101 are the ones every Linux port range allows.
+    """
+    current = os.environ.get("ROS_DOMAIN_ID", "0")
+    os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().choice([d for d in range(1, 102) if str(d) != current]))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    return os.environ["ROS_DOMAIN_ID"]
+
+
 def run_demo(config: DemoConfig) -> int:
     from offline.convert import ConvertConfig, convert
     from offline.inspect_bag import InspectConfig, inspect_bag
@@ -181,8 +196,9 @@ def run_demo(config: DemoConfig) -> int:
     arguments = {"supplementor_checkpoint": str(supplementor), "vla_checkpoint": str(vla), "device": config.device,
                  "prompt_mode": config.prompt_mode, "require_frame_facts": "true", "image_compressed": "true",
                  "dry_run": "true", "fuse_invalid_facts": str(config.fuse_invalid_facts).lower()}
-    stage(4, f"starting supplementor + vla (prompt_mode={config.prompt_mode}, device={config.device}); "
-             f"logs in {run_dir / 'logs'}")
+    domain = isolate_ros_graph()
+    stage(4, f"starting supplementor + vla (prompt_mode={config.prompt_mode}, device={config.device}, "
+             f"ROS_DOMAIN_ID={domain}, this host only); logs in {run_dir / 'logs'}")
     with SuiteProcesses(arguments, log_dir=run_dir / "logs") as suite:
         stage(5, "lockstep replay: frame t -> facts for t -> action for t -> frame t+1")
         result = replay_with_watchdog(suite, ReplayConfig(manifest=bags, split=config.split, out=run_dir,
