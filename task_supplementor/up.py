@@ -119,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"task-supplementor up: {error}", file=sys.stderr)
         return 2
     print(f"task-supplementor up: starting {', '.join(suite.commands)} (Ctrl-C stops them)", flush=True)
-    # SIGTERM (e.g. from a supervisor) takes the same clean path as Ctrl-C.
+    # SIGTERM (e.g. from a supervisor) takes the same clean path as Ctrl-C; SIGINT explicitly too, because a shell
+    # that starts `up &` in a script starts it with SIGINT ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     suite.start()
     try:
         while True:

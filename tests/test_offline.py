@@ -245,7 +245,7 @@ def test_lockstep_replay_through_the_running_nodes_records_one_output_per_frame(
     frames = 3
     supplementor = _start("supplementor_node.node", "supplementor.yaml",
                           {"checkpoint": str(tiny_models / "qwen2_5_vl_tiny"), "device": "cpu",
-                           "max_new_tokens": "24", "rate_hz": "30.0"}, tmp_path / "supplementor.log")
+                           "max_new_tokens": "256", "rate_hz": "30.0"}, tmp_path / "supplementor.log")
     vla = _start("vla_node.node", "vla.yaml",
                  {"checkpoint": str(tiny_models / "openvla_tiny"), "device": "cpu", "prompt_mode": "none",
                   "control_rate_hz": "10.0"}, tmp_path / "vla.log")

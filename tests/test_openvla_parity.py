@@ -1,6 +1,7 @@
 """Parity of the native OpenVLA runtime with the official code's outputs on the tiny fixture (FIXTURE.md).
 
-The fixture lives outside the repository (../shared/fixtures/openvla_parity); without it these tests skip.
+The fixture (a tiny checkpoint saved by the official code, and its outputs) is vendored in tests/fixtures/openvla_parity,
+so CI always runs these tests; without it they skip with the reason.
 Tolerances are FIXTURE.md's suggested float32 acceptance: pixels exact, features/logits 1e-4, ids and actions exact.
 """
 
@@ -17,7 +18,7 @@ from vla_node.prompting import with_empty_token
 from vla_node.runtime import OpenVLARuntime
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "openvla_parity"
+FIXTURE = REPO_ROOT / "tests" / "fixtures" / "openvla_parity"
 ATOL = 1e-4
 
 pytestmark = pytest.mark.skipif(not (FIXTURE / "cases.npz").is_file(),

@@ -16,7 +16,7 @@ from vla_node.prompting import EMPTY_TOKEN_ID, official_prompt
 from vla_node.runtime import OpenVLARuntime
 from vla_node.tiny_model import official_key_shapes
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openvla_parity"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "openvla_parity"
 
 # bridge_orig action statistics as published with openvla-7b (notes/openvla.md), written out by hand.
 BRIDGE_Q01 = [-0.028727, -0.041703, -0.026094, -0.080921, -0.092887, -0.207183, 0.0]
