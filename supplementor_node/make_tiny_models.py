@@ -15,11 +15,12 @@ from vla_node.tiny_model import TinyOpenVLAConfig, make_tiny_openvla
 
 DEFAULT_OUT = Path("artifacts/tiny_models")
 
-# directory name -> maker(out_dir) -> Path. Two Qwen checkpoints (different seeds) so a live swap can be shown.
+# directory name -> maker(out_dir) -> Path. Two checkpoints of each model (different seeds) so live swaps can be shown.
 TINY_MAKERS: dict[str, Callable[[Path], Path]] = {
     "qwen2_5_vl_tiny": lambda out: make_tiny_qwen(out, TinyQwenConfig(seed=0)),
     "qwen2_5_vl_tiny_b": lambda out: make_tiny_qwen(out, TinyQwenConfig(seed=1)),
     "openvla_tiny": lambda out: make_tiny_openvla(out, TinyOpenVLAConfig(seed=0)),
+    "openvla_tiny_b": lambda out: make_tiny_openvla(out, TinyOpenVLAConfig(seed=1)),
 }
 
 

@@ -220,3 +220,22 @@ def test_bad_values_rejected_with_reasons(vla: Harness):
     missing = vla.set(checkpoint="/nonexistent/openvla-7b")[0]
     assert not missing.successful and "config.json" in missing.reason
     assert vla.act(600).policy_id == vla.checkpoint  # the serving policy is untouched
+
+
+def test_live_policy_swap_under_continuous_frames(vla: Harness, tiny_models):
+    """Swap to another checkpoint while frames keep coming: actions never stop, then name the new policy."""
+    other = str(tiny_models / "openvla_tiny_b")
+    stamps = iter(range(700, 800))
+    assert vla.act(next(stamps)).policy_id == vla.checkpoint
+    assert vla.set(checkpoint=other)[0].successful  # accepted at once; loads in the background
+    seen: list[str] = []
+    for sec in stamps:
+        action = vla.act(sec)
+        assert action is not None, f"no action for frame {sec} during the swap (policies so far: {seen})"
+        seen.append(action.policy_id)
+        if action.policy_id == other:
+            break
+    assert seen[-1] == other, f"the new policy never served: {seen}"
+    assert set(seen) <= {vla.checkpoint, other}
+    assert vla.set(checkpoint=vla.checkpoint)[0].successful  # back, for the tests that follow
+    assert vla.wait_for(lambda: (a := vla.act(next(stamps))) is not None and a.policy_id == vla.checkpoint, 60)
