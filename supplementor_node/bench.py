@@ -4,8 +4,11 @@ Two generation paths are measured side by side in one run, on the same inputs:
 - ``generate``: plain ``model.generate`` (dynamic KV cache), what the node does by default;
 - ``static``: ``model.generate(cache_implementation="static")``; on CUDA transformers then compiles the decode step
   with ``torch.compile`` (CUDA graphs, fixed shapes), which removes the per-token Python/launch overhead that
-  dominates a 3B model at batch 1. On CPU it runs without compilation (transformers compiles on accelerators only).
-Both paths decode greedily and are forced to emit exactly ``--new-tokens`` tokens (random weights would otherwise stop
+  dominates a 3B model at batch 1. On CPU it runs without compilation (transformers compiles on accelerators only);
+- ``fast``: :class:`supplementor_node.fast_decode.FastQwenGreedy` (vision tower with one attention call per block,
+  graph-captured per image grid; eager prefill into a static cache; graph-captured one-token step), the path the
+  transformers backend uses on CUDA.
+All paths decode greedily and are forced to emit exactly ``--new-tokens`` tokens (random weights would otherwise stop
 at random), and the table says whether they produced the same tokens.
 
 Tiny model (default): the tiny random checkpoint, loaded from disk through the node's code path, on CPU.
@@ -29,7 +32,7 @@ from supplementor_node.qwen_inputs import Prompt, QwenVLInputBuilder
 from supplementor_node.tiny_model import TinyQwenConfig, make_tiny_qwen
 from task_supplementor.facts import Limits, evaluate_output
 
-PATHS = ("generate", "static")
+PATHS = ("generate", "static", "fast")
 
 # Qwen/Qwen2.5-VL-3B-Instruct config.json sizes (text and vision towers).
 FULL_TEXT = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
@@ -105,6 +108,7 @@ class _Bench:
         image = rng.integers(0, 256, size=(args.image_size, args.image_size, 3), dtype=np.uint8)
         self.prompt = Prompt(image, *spec.render(self.task, limits))
         self.limits = limits
+        self.fast = None   # FastQwenGreedy, built on first use (its graphs are recorded in the warm-up)
 
     def sync(self) -> None:
         if self.device.startswith("cuda"):
@@ -115,6 +119,14 @@ class _Bench:
         n = self.args.new_tokens
         tensors = {k: v.to(self.device) for k, v in self.inputs.build([self.prompt] * batch).items()}
         tensors["pixel_values"] = tensors["pixel_values"].to(self.model.dtype)
+        if path == "fast":
+            if self.fast is None:
+                from supplementor_node.fast_decode import FastQwenGreedy
+
+                self.fast = FastQwenGreedy(self.model)
+            out = self.fast.generate(tensors, max_new_tokens=n, min_new_tokens=n, streamer=streamer)
+            self.sync()
+            return out
         extra = {"cache_implementation": "static"} if path == "static" else {}
         with self.torch.inference_mode():
             out = self.model.generate(**tensors, max_new_tokens=n, min_new_tokens=n, do_sample=False,
@@ -192,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
     title = f"supplementor: {size} on {device}, one {args.image_size}x{args.image_size} frame, {args.new_tokens} new tokens"
     notes = ("TTFT = frame in (preprocessing included) -> first generated token. decode tok/s = (new tokens - 1) / "
              "(batch-1 time - TTFT). msgs/s = frames described per second (each exactly the stated new tokens). "
-             "`static` = static KV cache (+ torch.compile/CUDA graphs on CUDA). Targets (H100, bf16, 256x256): "
+             "`static` = static KV cache (+ torch.compile/CUDA graphs on CUDA). `fast` = supplementor_node/fast_decode.py "
+             "(one attention call per vision block, vision tower and one-token step as CUDA graphs on CUDA). Targets (H100, bf16, 256x256): "
              "decode >= 200 tok/s at batch 1, TTFT <= 60 ms.")
     table = _table(rows, args)
     if args.no_record:

@@ -1,0 +1,262 @@
+"""Greedy Qwen2.5-VL generation with a graph-captured vision tower and one-token step (the ``fast`` path).
+
+WHY: at batch 1 a 3B model is launch-bound, not math-bound. transformers' vision tower runs every 112-pixel window as
+its own attention call (about 290 calls for one 256x256 frame) and syncs with the host in each of its 32 blocks
+(``lengths.tolist()``), and ``generate()`` spends milliseconds per call on setup and per token on Python. Here:
+
+- the vision tower runs the model's own modules (norms, qkv, rotary, proj, MLP, merger) block by block, with ONE
+  attention call per block whose boolean block-diagonal mask is exactly the windows (or images) transformers attends
+  within separately; everything that depends only on the image grid (window order, rotary angles, masks) is computed
+  once per grid, so the 32 blocks have no host sync and are recorded as one CUDA graph per grid;
+- the prompt is prefilled eagerly into a static KV cache, then each new token is one replay of a recorded one-token
+  step (embedding, 36 decoder layers, lm head) whose inputs (token, position, visible slots) live in device buffers.
+
+The arithmetic is the model's: the same weights and modules, greedy argmax over the same logits, the same 3-D rotary
+positions (``get_rope_index``) and text positions after the prompt. Logits processors (the xgrammar JSON constraint,
+a minimum length) are applied eagerly between replays, like ``generate`` does. On CPU, or with graphs off, the same
+functions run eagerly; the tests compare the ids with ``model.generate`` there.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+from transformers.cache_utils import StaticCache
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
+
+LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _segment_mask(cu_seqlens: torch.Tensor, length: int) -> torch.Tensor | None:
+    """(length, length) bool: token i sees token j iff both lie in the same [cu[k], cu[k+1]) span; None if one span."""
+    bounds = cu_seqlens.to(torch.long)
+    segment = torch.searchsorted(bounds[1:], torch.arange(length, device=bounds.device), right=True)
+    if int(segment.max()) == int(segment.min()):
+        return None
+    return segment[:, None] == segment[None, :]
+
+
+@dataclass
+class _VisionPlan:
+    """Everything of the vision forward that depends on the image grid alone, plus its graph and buffers."""
+
+    window_index: torch.Tensor
+    reverse_index: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    full_mask: torch.Tensor | None
+    window_mask: torch.Tensor | None
+    pixels: torch.Tensor | None = None
+    output: torch.Tensor | None = None
+    graph: torch.cuda.CUDAGraph | None = None
+
+
+@dataclass
+class _StepGraph:
+    """One recorded one-token step for a (batch, cache length): its cache, input buffers, logits and graph."""
+
+    cache: StaticCache
+    token: torch.Tensor       # (B,) id fed this step
+    position: torch.Tensor    # (B,) text position of that token
+    slot: torch.Tensor        # () cache slot it is written to
+    keys: torch.Tensor        # (B, C) bool: which cache slots are real tokens (prompt padding is False)
+    logits: torch.Tensor | None = None
+    graph: torch.cuda.CUDAGraph | None = None
+
+
+def _reset_write_position(cache: StaticCache) -> None:
+    """StaticCache layers append at a device counter: restart at slot 0 for a new prompt (in place)."""
+    for layer in cache.layers:
+        counter = getattr(layer, "cumulative_length", None)
+        if isinstance(counter, torch.Tensor):
+            counter.zero_()
+
+
+class FastQwenGreedy:
+    """``Qwen2_5_VLForConditionalGeneration`` inputs -> greedy new token ids, like ``model.generate(do_sample=False)``."""
+
+    def __init__(self, model, use_graphs: bool | None = None, cache_bucket: int = 128, max_graphs: int = 4) -> None:
+        self.model = model
+        self.visual = model.model.visual
+        self.text = model.model.language_model
+        self.config = model.config
+        devices = {p.device for p in model.parameters()}
+        one_cuda_device = len(devices) == 1 and next(iter(devices)).type == "cuda"
+        self.device = next(iter(devices))
+        self.use_graphs = one_cuda_device if use_graphs is None else (use_graphs and one_cuda_device)
+        self.cache_bucket = cache_bucket
+        self.max_graphs = max_graphs
+        self._vision: OrderedDict[tuple, _VisionPlan] = OrderedDict()
+        self._steps: OrderedDict[tuple[int, int], _StepGraph] = OrderedDict()
+        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        pad = model.generation_config.pad_token_id
+        self.pad_id = pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
+
+    # ---- vision ----------------------------------------------------------------------------------------------
+    def _plan(self, grid_thw: torch.Tensor) -> _VisionPlan:
+        visual, cfg = self.visual, self.visual.config
+        grid = grid_thw.to(self.device)
+        position_ids = get_vision_position_ids(grid, visual.spatial_merge_size)
+        cu_seqlens, _ = get_vision_attention_seqlens(grid, cfg)
+        window_index, cu_windows = get_vision_window_index(
+            grid, spatial_merge_size=visual.spatial_merge_size, window_size=visual.window_size,
+            patch_size=visual.patch_size)
+        window_index, cu_seqlens, cu_windows = (t.to(self.device) for t in (window_index, cu_seqlens, cu_windows))
+        length = int(grid.prod(-1).sum())
+        probe = torch.empty(0, device=self.device, dtype=visual.dtype)
+        cos, sin = visual.rotary_pos_emb(probe, position_ids)
+        cos, sin = (self._window_order(t, window_index) for t in (cos, sin))
+        return _VisionPlan(window_index, torch.argsort(window_index), cos, sin,
+                           _segment_mask(cu_seqlens, length), _segment_mask(cu_windows, length))
+
+    def _window_order(self, tensor: torch.Tensor, window_index: torch.Tensor) -> torch.Tensor:
+        unit = self.visual.spatial_merge_unit
+        return tensor.reshape(-1, unit, tensor.shape[-1])[window_index].reshape(-1, tensor.shape[-1])
+
+    def _vision_forward(self, plan: _VisionPlan, pixels: torch.Tensor) -> torch.Tensor:
+        """The vision tower's blocks with one masked attention call each; no host sync (graph-capturable)."""
+        hidden = self._window_order(self.visual.patch_embed(pixels), plan.window_index)
+        length = hidden.shape[0]
+        for index, block in enumerate(self.visual.blocks):
+            mask = plan.full_mask if index in self.visual.fullatt_block_indexes else plan.window_mask
+            attn = block.attn
+            q, k, v = attn.qkv(block.norm1(hidden)).reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+            q, k = apply_rotary_pos_emb_vision(q, k, plan.cos, plan.sin)
+            q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)
+            hidden = hidden + attn.proj(out.squeeze(0).transpose(0, 1).reshape(length, -1))
+            hidden = hidden + block.mlp(block.norm2(hidden))
+        return self.visual.merger(hidden)[plan.reverse_index]
+
+    def image_embeddings(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """(image tokens, hidden) like ``get_image_features``'s concatenated pooler output."""
+        key = tuple(map(tuple, grid_thw.tolist()))
+        plan = self._vision.get(key)
+        if plan is None:
+            plan = self._vision[key] = self._plan(grid_thw)
+            while len(self._vision) > self.max_graphs:
+                self._vision.popitem(last=False)
+        pixel_values = pixel_values.to(self.device, self.visual.dtype)
+        if not self.use_graphs:
+            return self._vision_forward(plan, pixel_values)
+        if plan.graph is None:
+            plan.pixels = pixel_values.clone()
+            plan.output, plan.graph = self._capture(lambda: self._vision_forward(plan, plan.pixels))
+        plan.pixels.copy_(pixel_values)
+        plan.graph.replay()
+        return plan.output.clone()
+
+    def _capture(self, fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.cuda.CUDAGraph]:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):   # warm-up off the capture: lazy cache init, cuBLAS workspaces, autotuning
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            output = fn()
+        return output, graph
+
+    # ---- text --------------------------------------------------------------------------------------------------
+    def _step_forward(self, step: _StepGraph) -> torch.Tensor:
+        """One token for every row: read its buffers, write its K/V at ``slot``, return the last logits."""
+        batch = step.token.shape[0]
+        embeds = self.text.get_input_embeddings()(step.token[:, None])
+        positions = step.position.view(1, batch, 1).expand(3, batch, 1)
+        slots = torch.arange(step.keys.shape[1], device=step.keys.device)
+        visible = (step.keys & (slots <= step.slot)[None, :])[:, None, None, :]
+        hidden = self.text(inputs_embeds=embeds, position_ids=positions, attention_mask=visible,
+                           past_key_values=step.cache, use_cache=True).last_hidden_state
+        return self.model.lm_head(hidden[:, -1])
+
+    def _step(self, batch: int, capacity: int) -> _StepGraph:
+        key = (batch, capacity)
+        step = self._steps.get(key)
+        if step is not None:
+            self._steps.move_to_end(key)
+            return step
+        device = self.device
+        step = _StepGraph(StaticCache(config=self.config.text_config, max_cache_len=capacity),
+                          torch.zeros(batch, dtype=torch.long, device=device),
+                          torch.zeros(batch, dtype=torch.long, device=device),
+                          torch.zeros((), dtype=torch.long, device=device),
+                          torch.ones(batch, capacity, dtype=torch.bool, device=device))
+        if self.use_graphs:
+            step.logits, step.graph = self._capture(lambda: self._step_forward(step))
+        self._steps[key] = step
+        while len(self._steps) > self.max_graphs:
+            self._steps.popitem(last=False)
+        return step
+
+    @torch.inference_mode()
+    def generate(self, inputs: dict, max_new_tokens: int, min_new_tokens: int = 0,
+                 logits_processors: Sequence[LogitsProcessor] = (), streamer=None) -> torch.Tensor:
+        """(B, <= max_new_tokens) new ids, rows padded after their EOS, stopping when every row has ended.
+
+        ``inputs``: what :class:`QwenVLInputBuilder` builds (input_ids, attention_mask, mm_token_type_ids,
+        pixel_values, image_grid_thw). ``streamer`` gets ``put(prompt ids)`` then ``put(new ids)`` per step.
+        """
+        device = self.device
+        input_ids = inputs["input_ids"].to(device)
+        attention = inputs["attention_mask"].to(device)
+        batch, length = input_ids.shape
+        if streamer is not None:
+            streamer.put(inputs["input_ids"].cpu())
+        embeds = self.text.get_input_embeddings()(input_ids)
+        image = self.image_embeddings(inputs["pixel_values"], inputs["image_grid_thw"]).to(embeds.dtype)
+        image_slots = (input_ids == self.config.image_token_id)[..., None].expand_as(embeds)
+        embeds = embeds.masked_scatter(image_slots, image)
+        positions, _ = self.model.model.get_rope_index(
+            input_ids, image_grid_thw=inputs["image_grid_thw"].to(device), attention_mask=attention,
+            mm_token_type_ids=inputs["mm_token_type_ids"].to(device))
+
+        capacity = -(-(length + max_new_tokens) // self.cache_bucket) * self.cache_bucket
+        step = self._step(batch, capacity)
+        step.keys.fill_(True)
+        step.keys[:, :length] = attention.bool()
+        slots = torch.arange(capacity, device=device)
+        causal = slots[None, :] <= torch.arange(length, device=device)[:, None]
+        _reset_write_position(step.cache)
+        hidden = self.text(inputs_embeds=embeds, position_ids=positions,
+                           attention_mask=(causal[None] & step.keys[:, None, :])[:, None],
+                           past_key_values=step.cache, use_cache=True).last_hidden_state
+        logits = self.model.lm_head(hidden[:, -1])
+
+        sequences = torch.cat([input_ids, torch.full((batch, max_new_tokens), self.pad_id, device=device)], dim=1)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        eos = torch.tensor(self.eos_ids, device=device, dtype=torch.long)
+        step.position.copy_(positions[0, :, -1] + 1)
+        step.slot.fill_(length)
+        for index in range(max_new_tokens):
+            scores = logits.float()
+            if index < min_new_tokens and len(eos):
+                scores[:, eos] = float("-inf")
+            for processor in logits_processors:
+                scores = processor(sequences[:, :length + index], scores)
+            token = scores.argmax(dim=-1)
+            token = torch.where(finished, torch.full_like(token, self.pad_id), token)
+            sequences[:, length + index] = token
+            if streamer is not None:
+                streamer.put(token.cpu())
+            finished |= torch.isin(token, eos)
+            if index + 1 == max_new_tokens or bool(finished.all()):
+                break
+            step.token.copy_(token)
+            if step.graph is None:
+                logits = self._step_forward(step)
+            else:
+                step.graph.replay()
+                logits = step.logits
+            step.position.add_(1)
+            step.slot.add_(1)
+        if streamer is not None:
+            streamer.end()
+        return sequences[:, length:length + index + 1]

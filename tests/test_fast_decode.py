@@ -1,0 +1,62 @@
+"""The fast greedy path (graph-ready vision tower + static-cache one-token step) must emit generate()'s ids.
+
+On CPU it runs eagerly, so this checks the computation itself: one masked attention call per vision block instead of
+one call per window, prefill into a static cache with explicit 4-D masks, text positions after the 3-D rotary prompt,
+EOS/padding handling, a minimum length, and the xgrammar constraint applied between steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from supplementor_node.fast_decode import FastQwenGreedy
+from supplementor_node.qwen_inputs import Prompt, QwenVLInputBuilder
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_models):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    checkpoint = tiny_models / "qwen2_5_vl_tiny"
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    return QwenVLInputBuilder(checkpoint, max_pixels=256 * 28 * 28), model
+
+
+def _prompts(sizes: list[int], users: list[str]) -> list[Prompt]:
+    rng = np.random.default_rng(1)
+    return [Prompt(rng.integers(0, 256, size=(s, s, 3), dtype=np.uint8), "Describe the scene.", u)
+            for s, u in zip(sizes, users)]
+
+
+def _reference(model, inputs: dict, **kwargs) -> torch.Tensor:
+    with torch.inference_mode():
+        out = model.generate(**inputs, do_sample=False, **kwargs)
+    return out[:, inputs["input_ids"].shape[1]:]
+
+
+@pytest.mark.parametrize("min_new_tokens", [0, 20])
+def test_same_ids_as_generate_single_and_left_padded_batch(qwen, min_new_tokens):
+    builder, model = qwen
+    fast = FastQwenGreedy(model)
+    assert not fast.use_graphs   # CPU: eager, the computation under test
+    for prompts in (_prompts([256], ["What is visible?"]),
+                    _prompts([256, 224], ["What?", "What is visible on the table next to the bowl?"])):
+        inputs = builder.build(prompts)
+        expected = _reference(model, inputs, max_new_tokens=20, min_new_tokens=min_new_tokens)
+        got = fast.generate(inputs, max_new_tokens=20, min_new_tokens=min_new_tokens)
+        assert torch.equal(got, expected), (got.tolist(), expected.tolist())
+
+
+def test_same_ids_as_generate_under_the_json_constraint(qwen):
+    from supplementor_node.constrained import JsonSchemaConstraint
+    from task_supplementor.facts import facts_json_schema
+
+    builder, model = qwen
+    constraint = JsonSchemaConstraint(builder.tokenizer, model.config.text_config.vocab_size, facts_json_schema())
+    inputs = builder.build(_prompts([256], ["What is visible?"]))
+    expected = _reference(model, inputs, max_new_tokens=24, logits_processor=[constraint.logits_processor()])
+    got = FastQwenGreedy(model).generate(inputs, max_new_tokens=24, logits_processors=[constraint.logits_processor()])
+    assert torch.equal(got, expected), (got.tolist(), expected.tolist())
+    assert builder.tokenizer.decode(got[0]).startswith("{")
