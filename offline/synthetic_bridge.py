@@ -126,8 +126,6 @@ def _builder_class():
 
 def write_synthetic_bridge(config: SyntheticConfig) -> Path:
     """Write the dataset and return its version folder (``OUT/bridge_dataset/1.0.0``)."""
-    import tensorflow_datasets as tfds
-
     version_dir = Path(config.out) / layout.DATASET_NAME / layout.VERSION
     if version_dir.exists():
         if not config.overwrite:

@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
@@ -33,7 +31,8 @@ from supplementor_node.checkpoint_check import check_checkpoint_dir
 from supplementor_node.describer import Describer, DescriberConfig
 from supplementor_node.prompt_spec import load_prompt_spec
 from task_supplementor.ros.convert import facts_outcome_to_msg
-from task_supplementor.ros.diagnostics import Health
+from task_supplementor.ros.diagnostics import Health, report_model_slot
+from task_supplementor.ros.spin import spin_node
 from task_supplementor.ros.images import ImageDecodeError, compressed_imgmsg_to_rgb, imgmsg_to_rgb
 from task_supplementor.ros.model_slot import ModelSlot
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
@@ -250,19 +249,10 @@ class SupplementorNode(Node):
 
     # ---- diagnostics and shutdown ---------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        model, model_id = self._slot.current
-        loading = self._slot.loading
+        _, model_id = self._slot.current
         self.health.set_field("model_id", model_id or "none")
-        self.health.set_field("loading", loading.checkpoint if loading is not None else "")
         self.health.set_field("task", self._task)
-        if self._slot.last_error:
-            self.health.set_field("last_error", self._slot.last_error)
-        if model is None:
-            self.health.error = (self._slot.last_error or self._startup_problem
-                                 or (f"loading {loading.checkpoint}" if loading else "no model loaded"))
-        else:
-            self.health.error = ""
-        self.health.warning = self._slot.last_error if model is not None else ""
+        report_model_slot(self.health, self._slot, self._startup_problem, "no model loaded")
         self._diag_pub.publish(self.health.to_array(Header(stamp=self.get_clock().now().to_msg())))
 
     def close(self) -> None:
@@ -275,20 +265,7 @@ class SupplementorNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = SupplementorNode()
-    executor = MultiThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.close()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(SupplementorNode, args)
 
 
 if __name__ == "__main__":

@@ -23,19 +23,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Vector3
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 from task_supplementor_msgs.msg import VisualFacts, WidowXAction
 
-from task_supplementor.ros.diagnostics import Health
+from task_supplementor.ros.diagnostics import Health, report_model_slot
+from task_supplementor.ros.spin import spin_node
 from task_supplementor.ros.images import ImageDecodeError, compressed_imgmsg_to_rgb, imgmsg_to_rgb
 from task_supplementor.ros.model_slot import ModelSlot
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
@@ -369,23 +368,14 @@ class VlaNode(Node):
         return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
 
     def _publish_diagnostics(self) -> None:
-        policy, policy_id = self._slot.current
-        loading = self._slot.loading
+        _, policy_id = self._slot.current
         self.health.set_field("policy_id", policy_id or "none")
-        self.health.set_field("loading", loading.checkpoint if loading is not None else "")
         self.health.set_field("prompt_mode", self._fusion.mode)
         self.health.set_field("unnorm_key", self._param("unnorm_key"))
         self.health.set_field("dry_run", str(self._param("dry_run")).lower())
         self.health.set_field("rate_hz", f"{self._rate_hz():.2f}")
         self.health.set_field("task", self._task)
-        if self._slot.last_error:
-            self.health.set_field("last_error", self._slot.last_error)
-        if policy is None:
-            self.health.error = (self._slot.last_error or self._startup_problem
-                                 or (f"loading {loading.checkpoint}" if loading else "no policy loaded"))
-        else:
-            self.health.error = ""
-        self.health.warning = self._slot.last_error if policy is not None else ""
+        report_model_slot(self.health, self._slot, self._startup_problem, "no policy loaded")
         self._diag_pub.publish(self.health.to_array(Header(stamp=self.get_clock().now().to_msg())))
 
     def close(self) -> None:
@@ -398,20 +388,7 @@ class VlaNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = VlaNode()
-    executor = MultiThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.close()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(VlaNode, args)
 
 
 if __name__ == "__main__":

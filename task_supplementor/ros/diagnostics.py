@@ -76,3 +76,23 @@ class Health:
 
     def to_array(self, header: Header) -> DiagnosticArray:
         return DiagnosticArray(header=header, status=[self.to_status()])
+
+
+def report_model_slot(health: Health, slot, startup_problem: str, nothing_loaded: str) -> bool:
+    """Set ``loading``/``last_error`` and the level from a :class:`ModelSlot`; True when a model is serving.
+
+    ERROR while nothing serves (the load error, the startup problem, or what is loading), WARN while a model serves
+    but the last requested swap failed.
+    """
+    model, _ = slot.current
+    loading = slot.loading
+    health.set_field("loading", loading.checkpoint if loading is not None else "")
+    if slot.last_error:
+        health.set_field("last_error", slot.last_error)
+    if model is None:
+        health.error = (slot.last_error or startup_problem
+                        or (f"loading {loading.checkpoint}" if loading else nothing_loaded))
+    else:
+        health.error = ""
+    health.warning = slot.last_error if model is not None else ""
+    return model is not None
