@@ -6,7 +6,8 @@ Two generation paths are measured side by side in one run, on the same inputs:
   with ``torch.compile`` (CUDA graphs, fixed shapes), which removes the per-token Python/launch overhead that
   dominates a 3B model at batch 1. On CPU it runs without compilation (transformers compiles on accelerators only);
 - ``fast``: :class:`supplementor_node.fast_decode.FastQwenGreedy` (vision tower with one attention call per block,
-  graph-captured per image grid; eager prefill into a static cache; graph-captured one-token step), the path the
+  graph-captured per image grid; eager prefill; a written-out one-token step, torch.compile'd and graph-captured
+  on CUDA), the path the
   transformers backend uses on CUDA.
 All paths decode greedily and are forced to emit exactly ``--new-tokens`` tokens (random weights would otherwise stop
 at random), and the table says whether they produced the same tokens.
@@ -205,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
     notes = ("TTFT = frame in (preprocessing included) -> first generated token. decode tok/s = (new tokens - 1) / "
              "(batch-1 time - TTFT). msgs/s = frames described per second (each exactly the stated new tokens). "
              "`static` = static KV cache (+ torch.compile/CUDA graphs on CUDA). `fast` = supplementor_node/fast_decode.py "
-             "(one attention call per vision block, vision tower and one-token step as CUDA graphs on CUDA). Targets (H100, bf16, 256x256): "
+             "(one attention call per vision block, vision tower and one-token step as CUDA graphs on CUDA, the step "
+             "torch.compile'd before capture). Targets (H100, bf16, 256x256): "
              "decode >= 200 tok/s at batch 1, TTFT <= 60 ms.")
     table = _table(rows, args)
     if args.no_record:

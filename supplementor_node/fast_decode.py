@@ -8,8 +8,13 @@ its own attention call (about 290 calls for one 256x256 frame) and syncs with th
   attention call per block whose boolean block-diagonal mask is exactly the windows (or images) transformers attends
   within separately; everything that depends only on the image grid (window order, rotary angles, masks) is computed
   once per grid, so the 32 blocks have no host sync and are recorded as one CUDA graph per grid;
-- the prompt is prefilled eagerly into a static KV cache, then each new token is one replay of a recorded one-token
-  step (embedding, 36 decoder layers, lm head) whose inputs (token, position, visible slots) live in device buffers.
+- the prompt is prefilled eagerly, its K/V copied into preallocated per-layer buffers, then each new token is one
+  replay of a recorded one-token step whose inputs (token, position, visible slots) live in device buffers. The step
+  is written out here over the model's own modules (at batch 1 a 3B decoder is ~1,100 tiny kernels in transformers'
+  layer code): q/k/v and gate/up projections each as ONE matmul (the model's weights re-pointed into one shared
+  tensor, no copy), text rotary computed once per step (decode positions are equal on all three M-RoPE axes), grouped
+  query attention without ``repeat_kv`` copies (the query heads of a K/V head become that head's query rows), and on
+  CUDA the step is ``torch.compile``d (norms, rotary, residuals fused) before it is recorded.
 
 The arithmetic is the model's: the same weights and modules, greedy argmax over the same logits, the same 3-D rotary
 positions (``get_rope_index``) and text positions after the prompt. Logits processors (the xgrammar JSON constraint,
@@ -25,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
-from transformers.cache_utils import StaticCache
+from transformers.cache_utils import DynamicCache
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
 
@@ -58,9 +63,10 @@ class _VisionPlan:
 
 @dataclass
 class _StepGraph:
-    """One recorded one-token step for a (batch, cache length): its cache, input buffers, logits and graph."""
+    """One recorded one-token step for a (batch, cache length): its K/V buffers, input buffers, logits and graph."""
 
-    cache: StaticCache
+    keys_cache: list[torch.Tensor]    # per layer (B, kv heads, C, head dim)
+    values_cache: list[torch.Tensor]
     token: torch.Tensor       # (B,) id fed this step
     position: torch.Tensor    # (B,) text position of that token
     slot: torch.Tensor        # () cache slot it is written to
@@ -69,18 +75,34 @@ class _StepGraph:
     graph: torch.cuda.CUDAGraph | None = None
 
 
-def _reset_write_position(cache: StaticCache) -> None:
-    """StaticCache layers append at a device counter: restart at slot 0 for a new prompt (in place)."""
-    for layer in cache.layers:
-        counter = getattr(layer, "cumulative_length", None)
-        if isinstance(counter, torch.Tensor):
-            counter.zero_()
+def _fuse_rows(linears: Sequence[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) holding the linears' rows; each linear's parameters become views of it (no extra memory).
+
+    WHY: at batch 1 each projection is a separate matrix-vector kernel; one matmul over the stacked rows computes the
+    same dot products in one launch, and the model's own modules (used by the prefill) keep working on the views.
+    """
+    weight = torch.cat([lin.weight.data for lin in linears])
+    bias = None if linears[0].bias is None else torch.cat([lin.bias.data for lin in linears])
+    start = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        lin.weight.data = weight[start:start + rows]
+        if bias is not None:
+            lin.bias.data = bias[start:start + rows]
+        start += rows
+    return weight, bias
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class FastQwenGreedy:
     """``Qwen2_5_VLForConditionalGeneration`` inputs -> greedy new token ids, like ``model.generate(do_sample=False)``."""
 
-    def __init__(self, model, use_graphs: bool | None = None, cache_bucket: int = 128, max_graphs: int = 4) -> None:
+    def __init__(self, model, use_graphs: bool | None = None, compile_step: bool | None = None,
+                 cache_bucket: int = 128, max_graphs: int = 4) -> None:
         self.model = model
         self.visual = model.model.visual
         self.text = model.model.language_model
@@ -94,6 +116,11 @@ class FastQwenGreedy:
         self._vision: OrderedDict[tuple, _VisionPlan] = OrderedDict()
         self._steps: OrderedDict[tuple[int, int], _StepGraph] = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        with torch.no_grad():
+            self._fused = [(_fuse_rows([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
+                            _fuse_rows([layer.mlp.gate_proj, layer.mlp.up_proj])[0]) for layer in self.text.layers]
+        compile_step = self.use_graphs if compile_step is None else compile_step
+        self._decode = torch.compile(self._decode_forward, dynamic=None) if compile_step else self._decode_forward
         eos = model.generation_config.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         pad = model.generation_config.pad_token_id
@@ -166,16 +193,44 @@ class FastQwenGreedy:
         return output, graph
 
     # ---- text --------------------------------------------------------------------------------------------------
+    def _rotary(self, hidden: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, 1, head dim) cos/sin of a text token: its three M-RoPE position components are equal."""
+        cos, sin = self.text.rotary_emb(hidden, position.view(1, -1, 1).expand(3, -1, 1))
+        if cos.ndim == 4:   # transformers versions that leave the M-RoPE sections to the attention layers
+            cos, sin = cos[0], sin[0]
+        return cos[:, None], sin[:, None]
+
+    def _decode_forward(self, token: torch.Tensor, position: torch.Tensor, slot: torch.Tensor, keys: torch.Tensor,
+                        keys_cache: list[torch.Tensor], values_cache: list[torch.Tensor]) -> torch.Tensor:
+        """One token per row through the decoder (writing its K/V at ``slot``) -> the lm head's logits (B, vocab)."""
+        batch = token.shape[0]
+        hidden = self.text.get_input_embeddings()(token[:, None])
+        cos, sin = self._rotary(hidden, position)
+        slots = torch.arange(keys.shape[1], device=keys.device)
+        visible = (keys & (slots <= slot)[None, :])[:, None, None, :]
+        where = slot.view(1)
+        for layer, (qkv_w, qkv_b), gate_up_w, k_cache, v_cache in zip(
+                self.text.layers, (f[0] for f in self._fused), (f[1] for f in self._fused), keys_cache, values_cache):
+            attn = layer.self_attn
+            kv_heads, dim = k_cache.shape[1], k_cache.shape[3]
+            qkv = F.linear(layer.input_layernorm(hidden), qkv_w, qkv_b)
+            q, k, v = qkv.split([attn.num_heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+            q = q.view(batch, -1, dim)[:, None]          # (B, 1, heads, D): heads as rows, one position
+            k = k.view(batch, kv_heads, 1, dim)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            k_cache.index_copy_(2, where, k)
+            v_cache.index_copy_(2, where, v.view(batch, kv_heads, 1, dim))
+            # grouped-query attention without repeat_kv: the heads sharing a K/V head are its query rows
+            out = F.scaled_dot_product_attention(q.view(batch, kv_heads, -1, dim), k_cache, v_cache,
+                                                 attn_mask=visible, scale=attn.scaling)
+            hidden = hidden + attn.o_proj(out.reshape(batch, 1, -1))
+            gate, up = F.linear(layer.post_attention_layernorm(hidden), gate_up_w).chunk(2, dim=-1)
+            hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+        return self.model.lm_head(self.text.norm(hidden)[:, -1])
+
     def _step_forward(self, step: _StepGraph) -> torch.Tensor:
-        """One token for every row: read its buffers, write its K/V at ``slot``, return the last logits."""
-        batch = step.token.shape[0]
-        embeds = self.text.get_input_embeddings()(step.token[:, None])
-        positions = step.position.view(1, batch, 1).expand(3, batch, 1)
-        slots = torch.arange(step.keys.shape[1], device=step.keys.device)
-        visible = (step.keys & (slots <= step.slot)[None, :])[:, None, None, :]
-        hidden = self.text(inputs_embeds=embeds, position_ids=positions, attention_mask=visible,
-                           past_key_values=step.cache, use_cache=True).last_hidden_state
-        return self.model.lm_head(hidden[:, -1])
+        return self._decode(step.token, step.position, step.slot, step.keys, step.keys_cache, step.values_cache)
 
     def _step(self, batch: int, capacity: int) -> _StepGraph:
         key = (batch, capacity)
@@ -183,8 +238,13 @@ class FastQwenGreedy:
         if step is not None:
             self._steps.move_to_end(key)
             return step
-        device = self.device
-        step = _StepGraph(StaticCache(config=self.config.text_config, max_cache_len=capacity),
+        device, text_cfg = self.device, self.config.text_config
+        kv_heads = text_cfg.num_key_value_heads
+        dim = getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads
+        dtype = self.text.get_input_embeddings().weight.dtype
+        layers = len(self.text.layers)
+        step = _StepGraph([torch.zeros(batch, kv_heads, capacity, dim, dtype=dtype, device=device) for _ in range(layers)],
+                          [torch.zeros(batch, kv_heads, capacity, dim, dtype=dtype, device=device) for _ in range(layers)],
                           torch.zeros(batch, dtype=torch.long, device=device),
                           torch.zeros(batch, dtype=torch.long, device=device),
                           torch.zeros((), dtype=torch.long, device=device),
@@ -222,13 +282,16 @@ class FastQwenGreedy:
         step = self._step(batch, capacity)
         step.keys.fill_(True)
         step.keys[:, :length] = attention.bool()
-        slots = torch.arange(capacity, device=device)
-        causal = slots[None, :] <= torch.arange(length, device=device)[:, None]
-        _reset_write_position(step.cache)
+        slots = torch.arange(length, device=device)
+        causal = slots[None, :] <= slots[:, None]
+        prompt_cache = DynamicCache(config=self.config.text_config)
         hidden = self.text(inputs_embeds=embeds, position_ids=positions,
-                           attention_mask=(causal[None] & step.keys[:, None, :])[:, None],
-                           past_key_values=step.cache, use_cache=True).last_hidden_state
+                           attention_mask=(causal[None] & step.keys[:, None, :length])[:, None],
+                           past_key_values=prompt_cache, use_cache=True).last_hidden_state
         logits = self.model.lm_head(hidden[:, -1])
+        for layer, k_cache, v_cache in zip(prompt_cache.layers, step.keys_cache, step.values_cache):
+            k_cache[:, :, :length].copy_(layer.keys)
+            v_cache[:, :, :length].copy_(layer.values)
 
         sequences = torch.cat([input_ids, torch.full((batch, max_new_tokens), self.pad_id, device=device)], dim=1)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)

@@ -1,8 +1,8 @@
 """Default backend: ``Qwen2_5_VLForConditionalGeneration`` from transformers, greedy decoding.
 
-On one CUDA device it decodes with :class:`FastQwenGreedy` (graph-captured vision tower and one-token step: the same
-greedy computation and the same logits processors, at a fraction of ``generate``'s per-frame overhead); elsewhere with
-plain ``model.generate``.
+On one CUDA device it decodes with :class:`FastQwenGreedy` (graph-captured vision tower and compiled, graph-captured
+one-token step: the same greedy computation and the same logits processors, at a fraction of ``generate``'s per-frame
+overhead; the first frame of a new batch size pays ~40-60 s of compilation); elsewhere with plain ``model.generate``.
 """
 
 from __future__ import annotations
