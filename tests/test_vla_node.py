@@ -186,6 +186,21 @@ def test_require_frame_facts_waits_for_facts_of_that_frame(vla: Harness):
     assert all(r.successful for r in vla.set(prompt_mode="none", require_frame_facts=False))
 
 
+def test_invalid_facts_of_the_frame_follow_the_stale_policy_or_are_fused_when_asked(vla: Harness):
+    """With require_frame_facts, invalid facts of frame t must not make the node wait for t forever."""
+    assert all(r.successful for r in vla.set(prompt_mode="supplement", require_frame_facts=True,
+                                            stale_facts_policy="none", fuse_invalid_facts=False))
+    vla.facts(310, valid=False)
+    fallback = vla.act(310)
+    assert fallback.prompt_mode == "none" and fallback.facts_age_s == -1.0
+    assert vla.set(fuse_invalid_facts=True)[0].successful
+    vla.facts(311, valid=False)
+    fused = vla.act(311)
+    assert fused.prompt_mode == "supplement" and fused.facts_age_s == 0.0
+    assert all(r.successful for r in vla.set(prompt_mode="none", require_frame_facts=False, stale_facts_policy="hold",
+                                            fuse_invalid_facts=False))
+
+
 def test_clipping_to_widowx_bounds_with_the_clipped_flag(vla: Harness):
     ours = clip_to_widowx([0.2, -0.01, 0.0, -0.3, 0.1, 0.25, -0.5])
     np.testing.assert_array_equal(ours.action, [0.05, -0.01, 0.0, -0.25, 0.1, 0.25, 0.0])
