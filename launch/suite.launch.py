@@ -7,6 +7,8 @@ lists them with their help. The same nodes, files and overrides are what ``task-
 ``ros2 launch`` (see task_supplementor/bringup.py).
 """
 
+from pathlib import Path
+
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
@@ -30,7 +32,7 @@ def suite_nodes(context) -> list[Node]:
     """The two nodes, with the YAML files plus the typed overrides of the non-empty arguments."""
     names = list(bringup.TOPIC_ARGUMENTS) + list(bringup.PARAMETER_ARGUMENTS) + ["config_dir"]
     arguments = {name: LaunchConfiguration(name).perform(context) for name in names}
-    config_dir = bringup.Path(arguments["config_dir"])
+    config_dir = Path(arguments["config_dir"])
     overrides = bringup.parameter_overrides(arguments, config_dir)
     supplementor, vla = bringup.SUPPLEMENTOR, bringup.VLA
     return [

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TextIO
 
 from task_supplementor import bringup
 
@@ -43,6 +44,7 @@ class SuiteProcesses:
         }
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen] = {}
+        self._logs: list[TextIO] = []
 
     def start(self) -> None:
         for name, command in self.commands.items():
@@ -50,6 +52,7 @@ class SuiteProcesses:
             if self.log_dir is not None:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
                 output = open(self.log_dir / f"{name}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed in stop)
+                self._logs.append(output)
             self.processes[name] = subprocess.Popen(command, env=bringup.node_environment(), stdout=output,
                                                     stderr=subprocess.STDOUT if output else None)
 
@@ -73,8 +76,8 @@ class SuiteProcesses:
             except subprocess.TimeoutExpired:
                 process.kill()
                 codes[name] = process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
+        for log in self._logs:
+            log.close()
         return codes
 
     def __enter__(self) -> SuiteProcesses:
