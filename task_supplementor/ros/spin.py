@@ -27,6 +27,12 @@ def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> i
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # rclpy's SIGINT/SIGTERM handler shuts the context down while the executor may be building its wait set;
+        # that race surfaces as RCLError ("the given context is not valid") instead of ExternalShutdownException.
+        # After a shutdown it is a clean stop; with the context still up it is a real error.
+        if rclpy.ok():
+            raise
     finally:
         node.close()
         executor.shutdown()
