@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
@@ -32,6 +32,7 @@ from supplementor_node.describer import Describer, DescriberConfig
 from supplementor_node.prompt_spec import load_prompt_spec
 from task_supplementor.ros.convert import facts_outcome_to_msg
 from task_supplementor.ros.diagnostics import Health, report_model_slot
+from task_supplementor.ros.params import ParamSpec, declare_parameters
 from task_supplementor.ros.spin import spin_node
 from task_supplementor.ros.images import ImageDecodeError, compressed_imgmsg_to_rgb, imgmsg_to_rgb
 from task_supplementor.ros.model_slot import ModelSlot
@@ -41,46 +42,27 @@ NODE_NAME = "supplementor"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-@dataclass(frozen=True)
-class ParamSpec:
-    default: Any
-    description: str
-    int_range: tuple[int, int] | None = None
-    float_range: tuple[float, float] | None = None
-    read_only: bool = False
-    reloads_model: bool = False   # a change means loading a new Describer (live swap)
-
-    def descriptor(self) -> ParameterDescriptor:
-        desc = ParameterDescriptor(description=self.description, read_only=self.read_only)
-        if self.int_range:
-            desc.integer_range = [IntegerRange(from_value=self.int_range[0], to_value=self.int_range[1], step=1)]
-        if self.float_range:
-            desc.floating_point_range = [FloatingPointRange(from_value=self.float_range[0],
-                                                            to_value=self.float_range[1], step=0.0)]
-        return desc
-
-
 # Every parameter, its default (config/supplementor.yaml repeats these) and its descriptor.
 PARAMETERS: dict[str, ParamSpec] = {
     "checkpoint": ParamSpec("", "Qwen2.5-VL checkpoint directory (official layout). Empty: no model, nothing is "
                                 "published until it is set. Setting it at runtime swaps the model live.",
-                            reloads_model=True),
-    "backend": ParamSpec("transformers", f"inference backend: {' | '.join(BACKENDS)}", reloads_model=True),
+                            group="model"),
+    "backend": ParamSpec("transformers", f"inference backend: {' | '.join(BACKENDS)}", group="model"),
     "device": ParamSpec("auto", "torch device: auto | cpu | cuda | cuda:N (auto: cuda when available)",
-                        reloads_model=True),
+                        group="model"),
     "dtype": ParamSpec("auto", f"weights dtype: {' | '.join(DTYPES)} (auto: bfloat16 on GPU, float32 on CPU)",
-                       reloads_model=True),
+                       group="model"),
     "max_new_tokens": ParamSpec(1024, "upper bound on generated tokens per frame; with constrained decoding the "
                                       "facts schema is bounded so every output completes within it",
-                                int_range=(16, 4096), reloads_model=True),
+                                int_range=(16, 4096), group="model"),
     "rate_hz": ParamSpec(2.0, "maximum describe rate; frames in between are dropped (a new task re-describes at once)",
                          float_range=(0.1, 30.0)),
     "image_max_pixels": ParamSpec(256 * 28 * 28, "frames are resized to at most this many pixels before the model",
-                                  int_range=(3136, 12845056), reloads_model=True),
+                                  int_range=(3136, 12845056), group="model"),
     "prompt_version": ParamSpec("v1", "E1 prompt specification version (task_supplementor/facts/prompts)",
-                                reloads_model=True),
+                                group="model"),
     "constrained_decoding": ParamSpec(True, "constrain generation to the facts JSON Schema (xgrammar)",
-                                      reloads_model=True),
+                                      group="model"),
     "image_compressed": ParamSpec(True, "subscribe to camera/image_raw/compressed (JPEG/PNG) instead of "
                                         "camera/image_raw; fixed at start", read_only=True),
 }
@@ -108,8 +90,7 @@ class Frame:
 class SupplementorNode(Node):
     def __init__(self, **kwargs: Any):
         super().__init__(NODE_NAME, **kwargs)
-        for name, spec in PARAMETERS.items():
-            self.declare_parameter(name, spec.default, spec.descriptor())
+        declare_parameters(self, PARAMETERS)
         # status named after the node's full name, so two supplementors in one graph stay apart in /diagnostics
         self.health = Health(f"{self.get_fully_qualified_name()}: visual facts", hardware_id=self._param("device"))
         self._slot: ModelSlot[DescriberConfig, Describer] = ModelSlot(
@@ -144,7 +125,7 @@ class SupplementorNode(Node):
         return self.get_parameter(name).value
 
     def _describer_config(self, overrides: dict[str, Any]) -> DescriberConfig:
-        value = {name: overrides.get(name, self._param(name)) for name in PARAMETERS if PARAMETERS[name].reloads_model}
+        value = {name: overrides.get(name, self._param(name)) for name in PARAMETERS if PARAMETERS[name].group == "model"}
         return DescriberConfig(**value)
 
     def _request_initial_model(self) -> None:
@@ -164,7 +145,7 @@ class SupplementorNode(Node):
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate and, for load-relevant changes, start the background load (Humble has no post-set callback)."""
         changes = {p.name: p.value for p in params if p.name in PARAMETERS}
-        if not any(PARAMETERS[name].reloads_model for name in changes):
+        if not any(PARAMETERS[name].group == "model" for name in changes):
             return SetParametersResult(successful=True)
         cfg = self._describer_config(changes)
         if cfg == self._describer_config({}) and (self._slot.current[0] is not None or self._slot.busy):

@@ -26,7 +26,7 @@ import numpy as np
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Vector3
-from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
@@ -34,6 +34,7 @@ from std_msgs.msg import Header, String
 from task_supplementor_msgs.msg import VisualFacts, WidowXAction
 
 from task_supplementor.ros.diagnostics import Health, report_model_slot
+from task_supplementor.ros.params import ParamSpec, declare_parameters
 from task_supplementor.ros.spin import spin_node
 from task_supplementor.ros.images import ImageDecodeError, compressed_imgmsg_to_rgb, imgmsg_to_rgb
 from task_supplementor.ros.model_slot import ModelSlot
@@ -48,22 +49,6 @@ from vla_node.widowx import clip_to_widowx
 NODE_NAME = "vla"
 STALE_POLICIES = ("hold", "none")
 _FACTS_KEPT = 64
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    default: Any
-    description: str
-    float_range: tuple[float, float] | None = None
-    read_only: bool = False
-    group: str = ""  # "policy": a change loads a new policy; "fusion": rebuilds the prompt fuser
-
-    def descriptor(self) -> ParameterDescriptor:
-        desc = ParameterDescriptor(description=self.description, read_only=self.read_only)
-        if self.float_range:
-            desc.floating_point_range = [FloatingPointRange(from_value=self.float_range[0],
-                                                            to_value=self.float_range[1], step=0.0)]
-        return desc
 
 
 # Every parameter, its default (config/vla.yaml repeats these) and its descriptor.
@@ -125,8 +110,7 @@ class FactsChoice:
 class VlaNode(Node):
     def __init__(self, **kwargs: Any):
         super().__init__(NODE_NAME, **kwargs)
-        for name, spec in PARAMETERS.items():
-            self.declare_parameter(name, spec.default, spec.descriptor())
+        declare_parameters(self, PARAMETERS)
         self.health = Health("vla: actions", hardware_id=self._param("device"))
         self._slot: ModelSlot[PolicySpec, Policy] = ModelSlot(
             load_policy, name=lambda spec: spec.checkpoint, preflight=preflight, on_event=self._on_slot_event)
