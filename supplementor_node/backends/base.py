@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from supplementor_node.qwen_inputs import Prompt
+from task_supplementor.devices import resolve_auto
 
 BACKENDS = ("transformers", "vllm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -39,13 +40,8 @@ class Backend(Protocol):
 
 
 def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
-    """Turn 'auto' into concrete values: bf16 on GPU (the checkpoint's dtype), float32 on CPU (bf16 is slow there)."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    """Concrete device and dtype names (``auto`` resolved by :func:`task_supplementor.devices.resolve_auto`)."""
+    device, dtype = resolve_auto(device, dtype)
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} not in {DTYPES}")
     return device, dtype

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from task_supplementor.devices import resolve_auto
+
 BACKENDS = ("native", "hf-official")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?(,cuda(:\d+)?)?)$")
@@ -78,14 +80,8 @@ def preflight(spec: PolicySpec, unnorm_key: str | None = None) -> None:
 
 
 def resolve_device_dtype(spec: PolicySpec):
-    """auto -> cuda:0 when available else cpu; dtype auto -> bfloat16 on GPU, float32 on CPU."""
+    """The device name and torch dtype of ``spec`` (``auto`` resolved by :func:`task_supplementor.devices.resolve_auto`)."""
     import torch
 
-    device = spec.device
-    if device == "auto":
-        device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    if spec.dtype == "auto":
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    else:
-        dtype = getattr(torch, spec.dtype)
-    return device, dtype
+    device, dtype = resolve_auto(spec.device, spec.dtype)
+    return device, getattr(torch, dtype)
