@@ -31,11 +31,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="rebuild checkpoints that already exist")
 
 
+def ensure_tiny_models(out: Path, names: list[str], force: bool = False, report=None) -> dict[str, Path]:
+    """Build the named checkpoints under ``out`` unless already there (``force``: rebuild); name -> directory."""
+    paths = {}
+    for name in names:
+        target = out / name
+        if (target / "config.json").exists() and not force:
+            if report:
+                report(f"{name}: exists at {target} (use --force to rebuild)")
+        else:
+            TINY_MAKERS[name](target)
+            if report:
+                report(f"{name}: {target}")
+        paths[name] = target
+    return paths
+
+
 def run(args: argparse.Namespace) -> int:
-    for name in args.only or sorted(TINY_MAKERS):
-        target = args.out / name
-        if (target / "config.json").exists() and not args.force:
-            print(f"{name}: exists at {target} (use --force to rebuild)")
-            continue
-        print(f"{name}: {TINY_MAKERS[name](target)}")
+    ensure_tiny_models(args.out, args.only or sorted(TINY_MAKERS), args.force, report=print)
     return 0

@@ -46,16 +46,9 @@ def stage(number: int, text: str) -> None:
 
 def tiny_checkpoints(work_dir: Path) -> dict[str, Path]:
     """Build (once) the tiny checkpoints in the official layouts; name -> directory."""
-    from supplementor_node.make_tiny_models import TINY_MAKERS
+    from supplementor_node.make_tiny_models import ensure_tiny_models
 
-    out = work_dir / "tiny_models"
-    paths = {}
-    for name in ("qwen2_5_vl_tiny", "openvla_tiny"):
-        target = out / name
-        if not (target / "config.json").exists():
-            TINY_MAKERS[name](target)
-        paths[name] = target
-    return paths
+    return ensure_tiny_models(work_dir / "tiny_models", ["qwen2_5_vl_tiny", "openvla_tiny"])
 
 
 def dataset_dir(config: DemoConfig) -> Path:

@@ -23,9 +23,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
 
     Returns the directory that holds one sub-directory per checkpoint (names from ``TINY_MAKERS``).
     """
-    from supplementor_node.make_tiny_models import TINY_MAKERS
+    from supplementor_node.make_tiny_models import TINY_MAKERS, ensure_tiny_models
 
     out = tmp_path_factory.mktemp("tiny_models")
-    for name, make in TINY_MAKERS.items():
-        make(out / name)
+    ensure_tiny_models(out, list(TINY_MAKERS))
     return out
