@@ -156,3 +156,65 @@ def test_graphed_decoder_padding_buckets_keep_the_ids(runtime):
         assert decoder.text_inputs(ids)[0].shape[1] % bucket == 0
         np.testing.assert_array_equal(decoder.generate(pixel_values, ids).numpy(), expected.numpy(), err_msg=bucket)
         np.testing.assert_array_equal(decoder.generate(pixel_values[:1], ids[:1]).numpy(), expected[:1].numpy())
+
+
+def test_lookup_normalisation_is_the_official_arithmetic_for_every_level(runtime):
+    """normalize() maps uint8 through a table so the GPU reproduces the CPU's bits; the table must hold exactly
+    (v / 255 - mean) / std in float32 for all 256 levels and both towers."""
+    preprocessor = runtime.preprocessor
+    levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16, 1).expand(2, 1, 16, 16, 3).contiguous()
+    scaled = levels[:, 0].permute(0, 3, 1, 2).float().div(255)
+    config = preprocessor.config
+    expected = torch.cat([(scaled - torch.tensor(m, dtype=torch.float32).view(3, 1, 1))
+                          / torch.tensor(s, dtype=torch.float32).view(3, 1, 1)
+                          for m, s in zip(config.means, config.stds)], dim=1)
+    assert torch.equal(preprocessor.normalize(levels), expected)
+    assert torch.equal(preprocessor(_images(2)), preprocessor.normalize(preprocessor.resize(_images(2))))
+    with pytest.raises(ValueError, match="uint8"):
+        preprocessor.normalize(levels.float())
+
+
+def test_fused_projection_weights_are_views_of_one_tensor(runtime):
+    """The decoder's stacked q/k/v and gate/up weights share the modules' storage (no extra memory) and values."""
+    from vla_node.fast_decode import fuse_weights
+
+    layer = runtime.model.language_model.model.layers[0]
+    attn, mlp = layer.self_attn, layer.mlp
+    qkv, gate_up = fuse_weights(layer)
+    assert torch.equal(qkv, torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+    assert torch.equal(gate_up, torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+    assert attn.k_proj.weight.data_ptr() == qkv[attn.q_proj.weight.shape[0]:].data_ptr()
+    assert mlp.up_proj.weight.data_ptr() == gate_up[mlp.gate_proj.weight.shape[0]:].data_ptr()
+    assert fuse_weights(layer)[0] is qkv  # idempotent: a second decoder reuses the stacks
+
+
+def test_graphed_decoder_batched_uint8_frames_keep_the_ids(runtime):
+    """A batch past BATCHED_ROWS (narrow padding), given as uint8 resizes normalised inside the frame, with the last
+    layer computed at one position per row: the same greedy ids as the runtime's masked eager decoding."""
+    from vla_node.fast_decode import GraphedGreedyDecoder
+
+    decoder = GraphedGreedyDecoder(runtime)
+    tasks = ("open the drawer", "put the carrot on the plate right now", "stack", "wipe the table with the cloth")
+    count = decoder.BATCHED_ROWS + 1
+    ids = runtime.encode([official_prompt(tasks[i % len(tasks)]) for i in range(count)])
+    resized = runtime.preprocessor.resize(_images(count))
+    pixel_values = runtime.preprocessor.normalize(resized)
+    expected = runtime.generate(pixel_values, ids).token_ids
+    width = decoder.text_inputs(ids)[0].shape[1]
+    assert width % decoder.batched_bucket == 0 and width < max(len(i) for i in ids) + decoder.batched_bucket
+    np.testing.assert_array_equal(decoder.generate(resized, ids).numpy(), expected.numpy())
+    np.testing.assert_array_equal(decoder.generate(pixel_values, ids).numpy(), expected.numpy())
+
+
+def test_predict_stream_equals_predict_batch_by_batch(runtime):
+    images = _images(6)
+    prompts = [official_prompt(t) for t in ("open the drawer", "stack", "put the carrot on the plate")] * 2
+    batches = [(images[:3], prompts[:3]), (images[3:4], prompts[3:4]), (images[4:], prompts[4:])]
+    streamed = list(runtime.predict_stream(iter(batches), "bridge_orig"))
+    assert len(streamed) == len(batches)
+    for (batch_images, batch_prompts), got in zip(batches, streamed):
+        expected = runtime.predict(batch_images, batch_prompts, "bridge_orig")
+        np.testing.assert_array_equal(got.token_ids, expected.token_ids)
+        np.testing.assert_array_equal(got.actions, expected.actions)
+    with pytest.raises(UnknownUnnormKeyError):
+        next(runtime.predict_stream(iter(batches), "bridge"))

@@ -10,7 +10,10 @@ Paths (same model, same inputs, same run):
   (batch, prompt-length bucket); on CPU the same fixed-shape code runs eagerly.
 
 Each timed call is a whole frame: image preprocessing, vision towers, projector, prefill, 7 decode steps,
-un-normalisation. ``--full-size`` builds the OpenVLA-7B architecture (DINOv2-L + SigLIP-so400m + Llama-2-7B) with
+un-normalisation. "frames/s, stream": a run of batched calls, each batch's preprocessing overlapped with the previous
+batch's GPU work where the path allows it (``native-graphed`` through :meth:`OpenVLARuntime.predict_stream`, which
+users call; the other paths have no asynchronous call and run one batch after another). "model-only": the same batched
+call on inputs already preprocessed and on the device. ``--full-size`` builds the OpenVLA-7B architecture (DINOv2-L + SigLIP-so400m + Llama-2-7B) with
 random weights directly on the GPU in bf16 (no 15 GB CPU init); the compute is the real model's. Without it, the tiny
 random checkpoint (official layout) runs on CPU. Imports no ROS: it runs on a bare GPU machine.
 """
@@ -37,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="a real OpenVLA checkpoint directory to load instead (e.g. openvla/openvla-7b)")
     parser.add_argument("--device", default=None, help="default: cuda with --full-size/--checkpoint on GPU, else cpu")
-    parser.add_argument("--batch", type=int, default=None, help="batched size (default 64 on GPU, 8 on CPU)")
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help="batched sizes (default 64 128 on GPU, 8 on CPU)")
     parser.add_argument("--iters", type=int, default=None, help="timed calls per measurement (default 30 GPU / 10 CPU)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation, CUDA graphs)")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
@@ -111,31 +115,68 @@ def _decoders(runtime) -> dict[str, Callable]:
             "native-graphed": graphed.generate}
 
 
-def _measure(runtime, decode: Callable, images, prompts, iters: int, warmup: int,
-             preprocessed: bool = False) -> tuple[float, np.ndarray]:
-    """Frames per second of whole-frame prediction (preprocess -> actions) at len(images) frames per call, and the
-    last call's token ids. ``preprocessed``: pixel values made once before timing (model work only)."""
-    ids = runtime.encode(prompts)
-    cuda = runtime.device.type == "cuda"
-    tokens = np.zeros(0)
-    ready = runtime.preprocessor(images) if preprocessed else None
-
-    def call():
-        nonlocal tokens
-        with torch.inference_mode():
-            tokens = decode(ready if preprocessed else runtime.preprocessor(images), ids).cpu().numpy()
-        runtime.decoder.decode(tokens, "bridge_orig")
-
-    for _ in range(warmup):
-        call()
+def _frames_per_second(run_calls: Callable[[int], int], iters: int, warmup: int, cuda: bool) -> float:
+    """run_calls(n) makes n whole calls and returns the frames done; timed after ``warmup`` calls."""
+    run_calls(warmup)
     if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(iters):
-        call()
+    frames = run_calls(iters)
     if cuda:
         torch.cuda.synchronize()
-    return iters * len(images) / (time.perf_counter() - start), tokens
+    return frames / (time.perf_counter() - start)
+
+
+def _measure_path(runtime, path: str, decode: Callable, images, prompts, iters: int, warmup: int,
+                  ) -> tuple[float, float, np.ndarray]:
+    """(frames/s of a stream of whole batched calls, model-only frames/s, last ids) at len(images) frames a call."""
+    cuda = runtime.device.type == "cuda"
+    ids = runtime.encode(prompts)
+    last = {}
+    graphed = path == "native-graphed" and runtime.graphed is not None
+
+    def stream(calls: int) -> int:
+        if graphed:  # the users' API: preprocessing of batch n+1 overlaps the GPU work of batch n
+            for prediction in runtime.predict_stream(((images, prompts) for _ in range(calls)), "bridge_orig"):
+                last["ids"] = prediction.token_ids
+        else:
+            for _ in range(calls):
+                with torch.inference_mode():
+                    last["ids"] = decode(runtime.preprocessor(images), ids).cpu().numpy()
+                runtime.decoder.decode(last["ids"], "bridge_orig")
+        return calls * len(images)
+
+    ready = runtime.preprocessor.resize(images) if graphed else runtime.preprocessor(images)
+    ready = ready.to(runtime.device)
+
+    def model_only(calls: int) -> int:
+        for _ in range(calls):
+            with torch.inference_mode():
+                runtime.decoder.decode(decode(ready, ids).cpu().numpy(), "bridge_orig")
+        return calls * len(images)
+
+    streamed = _frames_per_second(stream, iters, warmup, cuda)
+    return streamed, _frames_per_second(model_only, iters, 1, cuda), last["ids"]
+
+
+def _actions_per_second(runtime, path: str, decode: Callable, image, prompt: str, iters: int, warmup: int,
+                        ) -> tuple[float, np.ndarray]:
+    """Batch-1 whole frames (preprocess -> action) one after another, as the node acts."""
+    cuda = runtime.device.type == "cuda"
+    ids = runtime.encode([prompt])
+    last = {}
+
+    def calls(n: int) -> int:
+        for _ in range(n):
+            if path == "native-graphed" and runtime.graphed is not None:
+                last["ids"] = runtime.predict_from_ids([image], ids, "bridge_orig").token_ids
+            else:
+                with torch.inference_mode():
+                    last["ids"] = decode(runtime.preprocessor([image]), ids).cpu().numpy()
+                runtime.decoder.decode(last["ids"], "bridge_orig")
+        return n
+
+    return _frames_per_second(calls, iters, warmup, cuda), last["ids"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,33 +187,38 @@ def run(args: argparse.Namespace) -> int:
         print("bench vla: --full-size needs a CUDA GPU (torch.cuda.is_available() is False)")
         return 2
     on_gpu = device.startswith("cuda")
-    batch = args.batch or (64 if on_gpu else 8)
+    batches = args.batch or ([64, 128] if on_gpu else [8])
     iters = args.iters or (30 if on_gpu else 10)
     runtime, what = _load_runtime(args, device)
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8) for _ in range(batch)]
-    prompts = [f"In: What action should the robot take to {TASKS[i % len(TASKS)]}?\nOut:" for i in range(batch)]
+    images = [rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8) for _ in range(max(batches))]
+    prompts = [f"In: What action should the robot take to {TASKS[i % len(TASKS)]}?\nOut:" for i in range(max(batches))]
     decoders = _decoders(runtime)
     rows, reference = [], None
     for path in [p.strip() for p in args.paths.split(",") if p.strip()]:
         try:
-            single, ids_single = _measure(runtime, decoders[path], images[:1], prompts[:1], iters, args.warmup)
-            batched, ids_batched = _measure(runtime, decoders[path], images, prompts, max(2, iters // 4), args.warmup)
-            model_only, _ = _measure(runtime, decoders[path], images, prompts, max(2, iters // 4), 1, preprocessed=True)
-            ids = np.concatenate([ids_single, ids_batched])
+            single, ids = _actions_per_second(runtime, path, decoders[path], images[0], prompts[0], iters, args.warmup)
+            cells = [f"{single:.2f}"]
+            for batch in batches:
+                streamed, model_only, batch_ids = _measure_path(runtime, path, decoders[path], images[:batch],
+                                                                prompts[:batch], max(2, iters // 6), args.warmup)
+                cells.append(f"{streamed:.1f} / {model_only:.1f}")
+                ids = np.concatenate([ids, batch_ids])
             reference = ids if reference is None else reference
             same = "reference" if ids is reference else f"{(ids == reference).all(axis=1).mean() * 100:.0f}%"
-            rows.append(f"| {path} | {single:.2f} | {batched:.1f} | {model_only:.1f} | {same} |")
+            rows.append(f"| {path} | {' | '.join(cells)} | {same} |")
         except Exception as error:  # noqa: BLE001 - one failing path must not hide the others' numbers
-            rows.append(f"| {path} | failed: {type(error).__name__}: {str(error)[:120]} | | | |")
+            rows.append(f"| {path} | failed: {type(error).__name__}: {str(error)[:120]} |{' |' * (len(batches) + 1)}")
         print(rows[-1], flush=True)
-    table = "\n".join([f"| path | actions/s (batch 1) | frames/s (batch {batch}) "
-                       f"| model-only frames/s (batch {batch}, preprocessing excluded) | same ids as first path |",
-                       "|---|---:|---:|---:|---:|", *rows])
+    header = " | ".join(f"frames/s batch {b}: stream / model-only" for b in batches)
+    table = "\n".join([f"| path | actions/s (batch 1) | {header} | same ids as first path |",
+                       "|---|---:|" + "---:|" * len(batches) + "---:|", *rows])
     notes = (f"Model: {what}; device {device}, {runtime.model.projector.fc1.weight.dtype}. Whole frames: PIL "
              "preprocessing, both ViTs, projector, prefill (256 patches + prompt), 7 greedy tokens, un-normalisation. "
-             "Prompts of mixed lengths in the batch. 'model-only' = the same batched call on pixel values preprocessed "
-             "once before timing (GPU work + id transfer + un-normalisation; not what a caller gets end to end). "
+             "Prompts of mixed lengths in the batch. 'stream' = a run of whole batched calls (preprocessing included; "
+             "native-graphed through predict_stream, which overlaps a batch's preprocessing with the previous "
+             "batch's GPU work; the other paths one call after another). 'model-only' = the same batched call on "
+             "inputs preprocessed once and already on the device (not what a caller gets end to end). "
              "'same ids' = share of frames (batch-1 frame + batched frames) "
              "whose 7 action tokens equal the first path's (bf16 kernels of different shapes may round differently "
              "on GPU). Targets on one H100 (bf16): >= 15 actions/s at batch 1, "

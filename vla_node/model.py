@@ -13,7 +13,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from vla_node.config import OpenVLAConfig
-from vla_node.vit import ViTFeaturizer
+from vla_node.vit import BlockFn, ViTFeaturizer, block_forward
 
 TOWER_NAMES = ("featurizer", "fused_featurizer")
 
@@ -29,10 +29,10 @@ class FusedVisionBackbone(nn.Module):
             self.add_module(name, ViTFeaturizer(spec))
         self.num_towers = len(config.vision)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, block_fn: BlockFn = block_forward) -> torch.Tensor:
         towers = [getattr(self, name) for name in TOWER_NAMES[: self.num_towers]]
         chunks = torch.split(pixel_values, 3, dim=1)
-        return torch.cat([tower(chunk) for tower, chunk in zip(towers, chunks)], dim=2)
+        return torch.cat([tower(chunk, block_fn) for tower, chunk in zip(towers, chunks)], dim=2)
 
 
 class Projector(nn.Module):
@@ -71,10 +71,12 @@ class OpenVLAModel(nn.Module):
         self.projector = Projector(config.arch_specifier, config.vision_dim, llm_config.hidden_size)
         self.language_model = LlamaForCausalLM(llm_config)
 
-    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 6, 224, 224) -> (B, 256, LLM width) patch embeddings, in the projector's dtype/device."""
+    def image_embeddings(self, pixel_values: torch.Tensor, block_fn: BlockFn = block_forward) -> torch.Tensor:
+        """(B, 6, 224, 224) -> (B, 256, LLM width) patch embeddings, in the projector's dtype/device.
+
+        ``block_fn``: how each ViT block runs (:func:`vla_node.vit.block_forward`, or a compiled version of it)."""
         first = self.projector.fc1.weight
-        features = self.vision_backbone(pixel_values.to(self.vision_backbone_dtype()))
+        features = self.vision_backbone(pixel_values.to(self.vision_backbone_dtype()), block_fn)
         return self.projector(features.to(device=first.device, dtype=first.dtype))
 
     def vision_backbone_dtype(self) -> torch.dtype:

@@ -3,8 +3,12 @@
 WHY PIL on uint8: the official processor resizes the PIL image with Pillow's antialiased bicubic filter and
 re-quantises to uint8 before normalising; a float-tensor bicubic moves normalised pixels by up to ~0.5 and changes
 actions (see the parity fixture's negative controls). The 224 centre crop after the resize is a no-op and is skipped.
-Batches are preprocessed image by image on a small thread pool: Pillow's resize and the tensor arithmetic release the
-GIL, so a batch of 64 costs about what a few images cost serially (~1.6 ms each), with the same per-image results.
+
+WHY two stages: :meth:`ImagePreprocessor.resize` is the only part that needs the CPU (Pillow), and yields uint8;
+:meth:`ImagePreprocessor.normalize` maps each uint8 value through a 256-entry table per tower and channel, built
+once with the official float32 arithmetic (``(v / 255 - mean) / std``), so it gives the same bits on any device. A
+batch therefore crosses to the GPU as uint8 (8x fewer bytes than float32 for two towers) and is normalised there, and
+the CPU work per image is one Pillow resize, run on a thread pool (Pillow releases the GIL).
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ ImageLike = Image.Image | np.ndarray
 
 
 class ImagePreprocessor:
-    """Turns RGB images into the (B, 3 * towers, H, W) float32 pixel_values the vision backbone takes."""
+    """RGB images -> uint8 resizes (B, R, H, W, 3) -> the (B, 3 * towers, H, W) float32 pixel_values the backbone takes.
+
+    R = distinct interpolations among the towers (1 for openvla-7b: both towers share one bicubic 224 resize).
+    """
 
     def __init__(self, config: ImagePreprocessConfig) -> None:
         if config.resize_strategy != "resize-naive":
@@ -35,28 +42,54 @@ class ImagePreprocessor:
         unknown = [i for i in config.interpolations if i not in _PIL_FILTERS]
         if unknown:
             raise ValueError(f"unsupported interpolation(s) {unknown}; supported: {sorted(_PIL_FILTERS)}")
+        if len(set(config.sizes)) != 1:
+            raise ValueError(f"towers with different input sizes {config.sizes} cannot share one pixel_values tensor")
         self.config = config
-        # float32 like torchvision's normalize (0.485 -> 0.48500001430511475)
-        self._means = [torch.tensor(m, dtype=torch.float32).view(3, 1, 1) for m in config.means]
-        self._stds = [torch.tensor(s, dtype=torch.float32).view(3, 1, 1) for s in config.stds]
+        self.size = config.sizes[0]  # (height, width)
+        self.interpolations = tuple(dict.fromkeys(config.interpolations))
+        self._resize_of_tower = [self.interpolations.index(i) for i in config.interpolations]
+        # float32 like torchvision's normalize (0.485 -> 0.48500001430511475); the official op order, on all 256 values
+        levels = torch.arange(256, dtype=torch.uint8).float().div(255)
+        self.table = torch.stack([(levels.view(1, 256) - torch.tensor(mean, dtype=torch.float32).view(3, 1))
+                                  / torch.tensor(std, dtype=torch.float32).view(3, 1)
+                                  for mean, std in zip(config.means, config.stds)])  # (towers, 3, 256)
+        self._tables: dict[torch.device, torch.Tensor] = {}
 
     def __call__(self, images: Sequence[ImageLike]) -> torch.Tensor:
-        if len(images) < 2:
-            return torch.stack([self.one(image) for image in images])
-        return torch.stack(list(_pool().map(self.one, images)))
+        """Images -> float32 pixel_values on the CPU (resize + normalize)."""
+        return self.normalize(self.resize(images))
 
-    def one(self, image: ImageLike) -> torch.Tensor:
+    def resize(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """Images -> (B, R, H, W, 3) uint8, exactly Pillow's resize of each (batches on a thread pool)."""
+        if len(images) < 2:
+            arrays = [self._resize_one(image) for image in images]
+        else:
+            arrays = list(_pool().map(self._resize_one, images))
+        return torch.from_numpy(np.stack(arrays))
+
+    def _resize_one(self, image: ImageLike) -> np.ndarray:
         pil = to_pil_rgb(image)
-        resized: dict[tuple[tuple[int, int], str], torch.Tensor] = {}
-        channels = []
-        for size, interp, mean, std in zip(self.config.sizes, self.config.interpolations, self._means, self._stds):
-            key = (size, interp)
-            if key not in resized:  # both towers usually share one resize
-                height, width = size
-                array = np.asarray(pil.resize((width, height), _PIL_FILTERS[interp]), dtype=np.uint8)
-                resized[key] = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
-            channels.append((resized[key] - mean) / std)
-        return torch.cat(channels, dim=0)
+        height, width = self.size
+        return np.stack([np.asarray(pil.resize((width, height), _PIL_FILTERS[interp]), dtype=np.uint8)
+                         for interp in self.interpolations])
+
+    def normalize(self, resized: torch.Tensor) -> torch.Tensor:
+        """(B, R, H, W, 3) uint8 on any device -> (B, 3 * towers, H, W) float32 pixel_values on that device.
+
+        A table lookup, not arithmetic, so the GPU gives the CPU's (and the official processor's) exact bits.
+        """
+        if resized.dtype != torch.uint8 or resized.dim() != 5 or resized.shape[1] != len(self.interpolations):
+            raise ValueError(f"expected (B, {len(self.interpolations)}, H, W, 3) uint8, got {resized.dtype} "
+                             f"{tuple(resized.shape)}")
+        table = self._tables.get(resized.device)
+        if table is None:
+            table = self._tables.setdefault(resized.device, self.table.to(resized.device).flatten())
+        channel_offsets = torch.arange(3, device=resized.device) * 256
+        towers = []
+        for tower, source in enumerate(self._resize_of_tower):
+            index = resized[:, source].long() + (channel_offsets + tower * 3 * 256)
+            towers.append(table[index].permute(0, 3, 1, 2))
+        return torch.cat(towers, dim=1).contiguous()
 
 
 _POOL: ThreadPoolExecutor | None = None

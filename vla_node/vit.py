@@ -10,6 +10,8 @@ the last block, the final norm and SigLIP's pooling head (their checkpoint tenso
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,17 +42,13 @@ class LayerScale(nn.Module):
 
 
 class Attention(nn.Module):
+    """Holds the fused qkv and output projections (official names); the arithmetic is in :func:`block_forward`."""
+
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
 class Mlp(nn.Module):
@@ -59,8 +57,23 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))  # exact erf GELU (timm default; OpenVLA passes act_layer=None)
+
+def block_forward(x: torch.Tensor, norm1_w: torch.Tensor, norm1_b: torch.Tensor, qkv_w: torch.Tensor,
+                  qkv_b: torch.Tensor, proj_w: torch.Tensor, proj_b: torch.Tensor, ls1: torch.Tensor | None,
+                  norm2_w: torch.Tensor, norm2_b: torch.Tensor, fc1_w: torch.Tensor, fc1_b: torch.Tensor,
+                  fc2_w: torch.Tensor, fc2_b: torch.Tensor, ls2: torch.Tensor | None, eps: float,
+                  heads: int) -> torch.Tensor:
+    """One pre-norm ViT block as a function of tensors (``ls*`` None: no LayerScale), so one ``torch.compile`` of it
+    serves every block of a tower (see :mod:`vla_node.fast_decode`); :class:`Block` runs the same function eagerly."""
+    batch, tokens, dim = x.shape
+    h = F.layer_norm(x, (dim,), norm1_w, norm1_b, eps)
+    qkv = F.linear(h, qkv_w, qkv_b).view(batch, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    h = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+    h = F.linear(h.transpose(1, 2).reshape(batch, tokens, dim), proj_w, proj_b)
+    x = x + (h * ls1 if ls1 is not None else h)
+    h = F.layer_norm(x, (dim,), norm2_w, norm2_b, eps)
+    h = F.linear(F.gelu(F.linear(h, fc1_w, fc1_b)), fc2_w, fc2_b)  # exact erf GELU (timm default, act_layer=None)
+    return x + (h * ls2 if ls2 is not None else h)
 
 
 class Block(nn.Module):
@@ -74,9 +87,19 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, spec.mlp_hidden)
         self.ls2 = LayerScale(dim) if spec.layer_scale else nn.Identity()
 
+    def arguments(self) -> tuple:
+        """This block's tensors and constants in :func:`block_forward`'s order (after ``x``)."""
+        ls1 = self.ls1.scale_factor if isinstance(self.ls1, LayerScale) else None
+        ls2 = self.ls2.scale_factor if isinstance(self.ls2, LayerScale) else None
+        return (self.norm1.weight, self.norm1.bias, self.attn.qkv.weight, self.attn.qkv.bias, self.attn.proj.weight,
+                self.attn.proj.bias, ls1, self.norm2.weight, self.norm2.bias, self.mlp.fc1.weight, self.mlp.fc1.bias,
+                self.mlp.fc2.weight, self.mlp.fc2.bias, ls2, self.norm1.eps, self.attn.num_heads)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        return block_forward(x, *self.arguments())
+
+
+BlockFn = Callable[..., torch.Tensor]  # block_forward's signature
 
 
 class ViTFeaturizer(nn.Module):
@@ -97,7 +120,8 @@ class ViTFeaturizer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, pos_tokens, dim))
         self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.feature_block + 1))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, block_fn: BlockFn = block_forward) -> torch.Tensor:
+        """``block_fn``: :func:`block_forward` or a compiled version of it."""
         x = self.patch_embed(images)
         prefix = []
         if self.spec.class_token:
@@ -109,7 +133,7 @@ class ViTFeaturizer(nn.Module):
         else:
             x = torch.cat([*prefix, x], dim=1) + self.pos_embed
         for block in self.blocks:
-            x = block(x)
+            x = block_fn(x, *block.arguments())
         return x[:, self.spec.num_prefix_tokens:]
 
     @staticmethod

@@ -1,0 +1,68 @@
+"""The CUDA-graph path of the OpenVLA runtime on a real GPU (tiny random checkpoint, float32), against eager decoding.
+
+CI has no GPU, so these skip there (visibly, with the reason); they run on a GPU machine with
+``python -m pytest tests/test_openvla_cuda.py``. What only a GPU exercises: graph capture and replay per frame shape,
+uint8 frames normalised inside the graph, page-locked input staging, and predict_stream's overlap of one batch's
+CPU work with the previous batch's GPU work (a race there would hand back another batch's actions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vla_node.prompting import official_prompt
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA GPU (CUDA-graph path of the VLA runtime)")
+
+TASKS = ("open the drawer", "put the carrot on the plate right now", "stack", "wipe the table with the cloth")
+
+
+@pytest.fixture(scope="module")
+def runtimes(tmp_path_factory):
+    """(graphed, eager) runtimes over one tiny checkpoint on cuda:0, float32."""
+    from vla_node.runtime import OpenVLARuntime
+    from vla_node.tiny_model import make_tiny_openvla
+
+    checkpoint = make_tiny_openvla(tmp_path_factory.mktemp("openvla") / "openvla_tiny")
+    graphed = OpenVLARuntime.from_pretrained(checkpoint, dtype=torch.float32, device_map="cuda:0")
+    eager = OpenVLARuntime.from_pretrained(checkpoint, dtype=torch.float32, device_map="cuda:0", graphs=False)
+    assert graphed.graphed is not None and eager.graphed is None
+    return graphed, eager
+
+
+def _batch(count: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, size=(240, 320, 3), dtype=np.uint8) for _ in range(count)]
+    return images, [official_prompt(TASKS[(seed + i) % len(TASKS)]) for i in range(count)]
+
+
+def test_gpu_normalisation_gives_the_cpu_bits(runtimes):
+    preprocessor = runtimes[0].preprocessor
+    resized = preprocessor.resize(_batch(4, 0)[0])
+    assert torch.equal(preprocessor.normalize(resized.cuda()).cpu(), preprocessor.normalize(resized))
+
+
+@pytest.mark.parametrize("count", [1, 3, 9])
+def test_graph_replays_give_the_eager_actions(runtimes, count):
+    """Batch 1, a small batch (16-token buckets) and one past BATCHED_ROWS; each shape captured once, replayed
+    with new frames."""
+    graphed, eager = runtimes
+    for seed in (1, 2):
+        images, prompts = _batch(count, seed)
+        got = graphed.predict(images, prompts, "bridge_orig")
+        expected = eager.predict(images, prompts, "bridge_orig")
+        np.testing.assert_array_equal(got.token_ids, expected.token_ids)
+        np.testing.assert_array_equal(got.actions, expected.actions)
+
+
+def test_predict_stream_hands_back_each_batch_its_own_actions(runtimes):
+    graphed, eager = runtimes
+    batches = [_batch(count, seed) for seed, count in enumerate((9, 9, 3, 9, 1, 9), start=10)]
+    streamed = list(graphed.predict_stream(iter(batches), "bridge_orig"))
+    assert len(streamed) == len(batches)
+    for (images, prompts), got in zip(batches, streamed):
+        expected = eager.predict(images, prompts, "bridge_orig")
+        np.testing.assert_array_equal(got.token_ids, expected.token_ids)
