@@ -192,13 +192,18 @@ class GraphedGreedyDecoder:
         self._stacked = [fuse_weights(layer) for layer in self.llm.model.layers]
         compile_layers = self.use_graphs if compile_layers is None else compile_layers
         if compile_layers:
-            # one compiled entry per (function, shape): prefill/decode/last layer/two towers per frame shape, for up to
-            # max_graphs shapes; past the default limit of 8 dynamo would silently run these functions uncompiled
+            # compiled entries per function: prefill and decode variants, one per batch size for the ViT blocks (two
+            # towers); past dynamo's default limit of 8 it would silently run these functions uncompiled
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * max_graphs)
-        compiled = (lambda fn: torch.compile(fn, dynamic=False)) if compile_layers else (lambda fn: fn)  # noqa: E731
-        self._layer_fn = compiled(_decoder_layer)
-        self._last_layer_fn = compiled(_last_prefill_layer)
-        self._block_fn = compiled(block_forward)
+        # Llama layers: dynamic=None (automatic) specialises on the first shape and, once a second prompt width or
+        # batch size appears, builds one kernel set generic in those dims, so later shapes cost only a graph capture
+        # (~0.7 s at 7B, batch 1) instead of a recompile (~5 s), at the same speed (H100, batch 64: 492.5 vs 489.0
+        # ms). ViT blocks: static, because the two towers differ in width and a width-generic LayerNorm is slower.
+        compiled = (lambda fn, dynamic: torch.compile(fn, dynamic=dynamic)) if compile_layers else (  # noqa: E731
+            lambda fn, dynamic: fn)
+        self._layer_fn = compiled(_decoder_layer, None)
+        self._last_layer_fn = compiled(_last_prefill_layer, None)
+        self._block_fn = compiled(block_forward, False)
 
     def _kv_buffers(self, batch: int, slots: int) -> _KV:
         dtype = self.llm.get_input_embeddings().weight.dtype
