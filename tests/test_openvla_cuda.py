@@ -66,3 +66,18 @@ def test_predict_stream_hands_back_each_batch_its_own_actions(runtimes):
     for (images, prompts), got in zip(batches, streamed):
         expected = eager.predict(images, prompts, "bridge_orig")
         np.testing.assert_array_equal(got.token_ids, expected.token_ids)
+
+
+def test_a_full_gpu_evicts_old_graphs_and_keeps_answering(runtimes, monkeypatch):
+    """When a new frame shape does not fit, least recently used graphs (and their K/V buffers) go first."""
+    graphed, eager = runtimes
+    for count in (1, 3):
+        graphed.predict(*_batch(count, 20), "bridge_orig")
+    assert len(graphed.graphed._graphs) >= 2
+    total = torch.cuda.mem_get_info()[1]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, total))  # a full card
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    images, prompts = _batch(5, 21)  # a batch size no other test uses: a new frame shape
+    got = graphed.predict(images, prompts, "bridge_orig")
+    assert len(graphed.graphed._graphs) == 1  # only the new shape is left
+    np.testing.assert_array_equal(got.token_ids, eager.predict(images, prompts, "bridge_orig").token_ids)

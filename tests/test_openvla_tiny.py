@@ -218,3 +218,16 @@ def test_predict_stream_equals_predict_batch_by_batch(runtime):
         np.testing.assert_array_equal(got.actions, expected.actions)
     with pytest.raises(UnknownUnnormKeyError):
         next(runtime.predict_stream(iter(batches), "bridge"))
+
+
+def test_predict_stream_hands_back_finished_batches_before_a_bad_one_fails(runtime):
+    images = _images(3)
+    prompt = official_prompt("open the drawer")
+    bad = np.zeros((8, 8), dtype=np.uint8)  # not HxWx3
+    stream = runtime.predict_stream(iter([(images[:2], [prompt] * 2), ([images[2], bad], [prompt] * 2)]),
+                                    "bridge_orig")
+    first = next(stream)
+    np.testing.assert_array_equal(first.token_ids,
+                                  runtime.predict(images[:2], [prompt] * 2, "bridge_orig").token_ids)
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        next(stream)

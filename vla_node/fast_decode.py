@@ -334,6 +334,8 @@ class GraphedGreedyDecoder:
             self._graphs.popitem(last=False)
             gc.collect()
             torch.cuda.empty_cache()
+        if not self._graphs:  # the shared pool died with its last graph; capturing into it again is an error
+            self._pool = torch.cuda.graph_pool_handle()
 
     def _staged(self, tensor: torch.Tensor) -> torch.Tensor:
         """A CPU tensor in page-locked memory when graphs run, so its copy to the GPU does not block the host."""

@@ -171,11 +171,17 @@ class OpenVLARuntime:
         WHY: on a GPU the next batch's Pillow resizes and tokenisation run while the current batch is on the GPU
         (:meth:`GraphedGreedyDecoder.generate` returns before the GPU is done), so the CPU half of a frame costs no
         throughput. Results equal :meth:`predict` on each batch. Elsewhere it is simply :meth:`predict` in a loop.
+        A batch that fails (bad image, unknown prompt) raises after every batch before it has been yielded.
         """
         self.decoder.resolve_key(unnorm_key)
         pending = None
         for images, prompts in batches:
-            launched = self._launch(images, self.encode(prompts), unnorm_key)
+            try:
+                launched = self._launch(images, self.encode(prompts), unnorm_key)
+            except Exception:
+                if pending is not None:  # a bad batch (e.g. a corrupt image) must not take the finished one with it
+                    yield self._finish(pending, unnorm_key)
+                raise
             if pending is not None:
                 yield self._finish(pending, unnorm_key)
             pending = launched
