@@ -198,7 +198,7 @@ class GraphedGreedyDecoder:
         # Llama layers: dynamic=None (automatic) specialises on the first shape and, once a second prompt width or
         # batch size appears, builds one kernel set generic in those dims, so later shapes cost only a graph capture
         # (~0.7 s at 7B, batch 1) instead of a recompile (~5 s), at the same speed (H100, batch 64: 492.5 vs 489.0
-        # ms). ViT blocks: static, because the two towers differ in width and a width-generic LayerNorm is slower.
+        # ms). ViT blocks: static; automatic would make the hidden width generic once the second tower (another width) runs.
         compiled = (lambda fn, dynamic: torch.compile(fn, dynamic=dynamic)) if compile_layers else (  # noqa: E731
             lambda fn, dynamic: fn)
         self._layer_fn = compiled(_decoder_layer, None)
