@@ -14,15 +14,12 @@ from __future__ import annotations
 import re
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 from task_supplementor_msgs.msg import VisualFacts
 
@@ -34,9 +31,9 @@ from task_supplementor.ros.convert import facts_outcome_to_msg
 from task_supplementor.ros.diagnostics import Health, report_model_slot
 from task_supplementor.ros.params import ParamSpec, declare_parameters
 from task_supplementor.ros.spin import spin_node
-from task_supplementor.ros.images import ImageDecodeError, compressed_imgmsg_to_rgb, imgmsg_to_rgb
+from task_supplementor.ros.camera import CameraFrame, CameraInput
 from task_supplementor.ros.model_slot import ModelSlot
-from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
+from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS
 
 NODE_NAME = "supplementor"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -80,13 +77,6 @@ def preflight(cfg: DescriberConfig) -> None:
     check_checkpoint_dir(cfg.checkpoint)
 
 
-@dataclass(frozen=True)
-class Frame:
-    rgb: np.ndarray
-    header: Header
-    received: float   # time.monotonic() at receipt: latency_s = publication - receipt
-
-
 class SupplementorNode(Node):
     def __init__(self, **kwargs: Any):
         super().__init__(NODE_NAME, **kwargs)
@@ -96,22 +86,16 @@ class SupplementorNode(Node):
         self._slot: ModelSlot[DescriberConfig, Describer] = ModelSlot(
             Describer, name=lambda cfg: cfg.checkpoint, preflight=preflight, on_event=self._on_slot_event)
         self._cond = threading.Condition()
-        self._frame: Frame | None = None
+        self._frame: CameraFrame | None = None
         self._frame_fresh = False     # the latest frame has not been described yet
         self._task = ""
         self._task_fresh = False      # the task changed since the last description
         self._stopping = False
-        self._bad_kinds_logged: set[str] = set()
         self._startup_problem = ""
 
         self._facts_pub = self.create_publisher(VisualFacts, "~/facts", RELIABLE_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        if self._param("image_compressed"):
-            self.create_subscription(CompressedImage, "camera/image_raw/compressed",
-                                     lambda m: self._on_image(m, compressed_imgmsg_to_rgb), SENSOR_QOS)
-        else:
-            self.create_subscription(Image, "camera/image_raw", lambda m: self._on_image(m, imgmsg_to_rgb),
-                                     SENSOR_QOS)
+        CameraInput(self, self.health, self._param("image_compressed"), self._on_frame)
         self.create_subscription(String, "task", self._on_task, LATCHED_QOS)
         self.create_timer(1.0, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -164,22 +148,11 @@ class SupplementorNode(Node):
             self._cond.notify_all()   # a model that just arrived may unblock the worker
 
     # ---- inputs ---------------------------------------------------------------------------------------------
-    def _on_image(self, msg: Image | CompressedImage, decode) -> None:
-        received = time.monotonic()
-        self.health.count("frames_received")
-        try:
-            rgb = decode(msg)
-        except ImageDecodeError as exc:
-            self.health.count(f"bad_images.{exc.kind}")
-            if exc.kind not in self._bad_kinds_logged:   # once per kind; the counter keeps the rest
-                self._bad_kinds_logged.add(exc.kind)
-                self.get_logger().warning(f"dropping undecodable frame ({exc}); further '{exc.kind}' frames are "
-                                          "only counted in /diagnostics")
-            return
+    def _on_frame(self, frame: CameraFrame) -> None:
         with self._cond:
             if self._frame_fresh:
                 self.health.count("frames_dropped")
-            self._frame, self._frame_fresh = Frame(rgb, msg.header, received), True
+            self._frame, self._frame_fresh = frame, True
             self._cond.notify_all()
 
     def _on_task(self, msg: String) -> None:
@@ -190,7 +163,7 @@ class SupplementorNode(Node):
                 self._cond.notify_all()
 
     # ---- inference worker -----------------------------------------------------------------------------------
-    def _next_job(self, not_before: float) -> tuple[Frame, str] | None:
+    def _next_job(self, not_before: float) -> tuple[CameraFrame, str] | None:
         """Wait for a frame worth describing; None when the node stops."""
         with self._cond:
             while not self._stopping:

@@ -22,23 +22,21 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Vector3
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 from task_supplementor_msgs.msg import VisualFacts, WidowXAction
 
 from task_supplementor.ros.diagnostics import Health, report_model_slot
 from task_supplementor.ros.params import ParamSpec, declare_parameters
 from task_supplementor.ros.spin import spin_node
-from task_supplementor.ros.images import ImageDecodeError, compressed_imgmsg_to_rgb, imgmsg_to_rgb
+from task_supplementor.ros.camera import CameraFrame, CameraInput
 from task_supplementor.ros.model_slot import ModelSlot
-from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
+from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS
 from vla_node.backends import BACKENDS, DTYPES, Policy, PolicySpec, load_policy
 from vla_node.backends.base import check_unnorm_key, norm_stats_of, preflight
 from vla_node.prompt_fusion import (
@@ -91,14 +89,6 @@ def stamp_ns(stamp: TimeMsg) -> int:
 
 
 @dataclass(frozen=True)
-class Frame:
-    rgb: np.ndarray
-    header: Header
-    stamp_ns: int
-    received: float  # time.monotonic() at receipt: latency_s = publication - receipt
-
-
-@dataclass(frozen=True)
 class FactsChoice:
     """What the prompt uses for one frame: a mode, the supplement (or None) and the facts' age (-1: none)."""
 
@@ -117,25 +107,19 @@ class VlaNode(Node):
         self._fusion = self._fusion_config({})
         self._fuser_cache: tuple[Policy, PromptFuser] | None = None  # the fuser measures with the policy's tokenizer
         self._cond = threading.Condition()
-        self._frame: Frame | None = None
+        self._frame: CameraFrame | None = None
         self._acted_stamp: int | None = None  # stamp of the last frame acted on (never re-used)
         self._stale_counted_stamp: int | None = None
         self._facts: deque[VisualFacts] = deque(maxlen=_FACTS_KEPT)
         self._task = ""
         self._ticks = 0
         self._stopping = False
-        self._bad_kinds_logged: set[str] = set()
         self._startup_problem = ""
         self._published: deque[float] = deque(maxlen=50)
 
         self._action_pub = self.create_publisher(WidowXAction, "~/action", RELIABLE_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        if self._param("image_compressed"):
-            self.create_subscription(CompressedImage, "camera/image_raw/compressed",
-                                     lambda m: self._on_image(m, compressed_imgmsg_to_rgb), SENSOR_QOS)
-        else:
-            self.create_subscription(Image, "camera/image_raw", lambda m: self._on_image(m, imgmsg_to_rgb),
-                                     SENSOR_QOS)
+        CameraInput(self, self.health, self._param("image_compressed"), self._on_frame)
         self.create_subscription(String, "task", self._on_task, LATCHED_QOS)
         self.create_subscription(VisualFacts, "supplementor/facts", self._on_facts, RELIABLE_QOS)
         self._timer = self.create_timer(1.0 / float(self._param("control_rate_hz")), self._on_tick)
@@ -219,22 +203,11 @@ class VlaNode(Node):
         (self.get_logger().error if level == "error" else self.get_logger().info)(text)
 
     # ---- inputs ---------------------------------------------------------------------------------------------
-    def _on_image(self, msg: Image | CompressedImage, decode) -> None:
-        received = time.monotonic()
-        self.health.count("frames_received")
-        try:
-            rgb = decode(msg)
-        except ImageDecodeError as exc:
-            self.health.count(f"bad_images.{exc.kind}")
-            if exc.kind not in self._bad_kinds_logged:
-                self._bad_kinds_logged.add(exc.kind)
-                self.get_logger().warning(f"dropping undecodable frame ({exc}); further '{exc.kind}' frames are "
-                                          "only counted in /diagnostics")
-            return
+    def _on_frame(self, frame: CameraFrame) -> None:
         with self._cond:
             if self._frame is not None and self._frame.stamp_ns != self._acted_stamp:
                 self.health.count("frames_dropped")  # replaced before it was acted on
-            self._frame = Frame(rgb, msg.header, stamp_ns(msg.header.stamp), received)
+            self._frame = frame
 
     def _on_task(self, msg: String) -> None:
         with self._cond:
@@ -253,7 +226,7 @@ class VlaNode(Node):
             self._cond.notify_all()
 
     # ---- choosing what to act on ----------------------------------------------------------------------------
-    def _choose_facts(self, frame: Frame, mode: str) -> FactsChoice:
+    def _choose_facts(self, frame: CameraFrame, mode: str) -> FactsChoice:
         """Which facts (if any) the prompt for ``frame`` uses; called with the lock held."""
         if mode == "none":
             return FactsChoice("none")
@@ -277,7 +250,7 @@ class VlaNode(Node):
             self.health.count("stale_facts")
         return FactsChoice("none") if self._param("stale_facts_policy") == "none" else FactsChoice(None)
 
-    def _next_job(self) -> tuple[Frame, str, FactsChoice] | None:
+    def _next_job(self) -> tuple[CameraFrame, str, FactsChoice] | None:
         """Wait for a tick with a frame not yet acted on; None when the node stops."""
         seen = self._ticks
         with self._cond:
@@ -336,7 +309,7 @@ class VlaNode(Node):
             if clipped.clipped:
                 self.health.count("actions_clipped")
 
-    def _action_msg(self, frame: Frame, clipped, mode: str, policy_id: str, choice: FactsChoice,
+    def _action_msg(self, frame: CameraFrame, clipped, mode: str, policy_id: str, choice: FactsChoice,
                     latency: float) -> WidowXAction:
         a = clipped.action
         return WidowXAction(
