@@ -28,6 +28,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from task_supplementor_msgs.msg import VisualFacts
 
+from polling import poll
 from task_supplementor.ros.images import rgb_to_compressed_imgmsg, rgb_to_imgmsg
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
 
@@ -80,15 +81,10 @@ class Harness:
 
     def wait_for(self, predicate, timeout: float, publish=None, period: float = 0.1):
         """Poll ``predicate`` (optionally publishing something every ``period``) until it returns a truthy value."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if publish is not None:
-                publish()
-            value = predicate()
-            if value:
-                return value
-            time.sleep(period)
-        raise AssertionError(f"timed out after {timeout} s waiting for {predicate.__doc__ or predicate}")
+        value = poll(predicate, timeout, publish, period)
+        if not value:
+            raise AssertionError(f"timed out after {timeout} s waiting for {predicate.__doc__ or predicate}")
+        return value
 
     def set_checkpoint(self, path: str):
         assert self.params.wait_for_service(timeout_sec=30)

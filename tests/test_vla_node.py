@@ -26,6 +26,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from task_supplementor_msgs.msg import VisualFacts, WidowXAction
 
+from polling import poll
 from task_supplementor.ros.images import rgb_to_imgmsg
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
 from vla_node.widowx import HIGH, LOW, clip_to_widowx
@@ -60,15 +61,7 @@ class Harness:
                     self.diagnostics = {kv.key: kv.value for kv in status.values}
 
     def wait_for(self, predicate, timeout: float, publish=None, period: float = 0.1):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if publish is not None:
-                publish()
-            value = predicate()
-            if value:
-                return value
-            time.sleep(period)
-        return None
+        return poll(predicate, timeout, publish, period)
 
     def set(self, **values):
         """Set parameters through the service; returns the SetParametersResult list."""
