@@ -8,7 +8,7 @@ reasons instead of being dropped.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -23,16 +23,17 @@ from task_supplementor.facts.schema import fit_schema_bounds
 class DescriberConfig:
     """Everything that decides which model runs and how; changing any field means loading a new Describer."""
 
-    checkpoint: str
-    backend: str = "transformers"
-    device: str = "auto"
-    dtype: str = "auto"
-    image_max_pixels: int = 256 * 28 * 28
+    model: BackendConfig  # what to load and where; its json_schema is derived from the fields below, leave it None
     prompt_version: str = "v1"
     constrained_decoding: bool = True
     limits: Limits = field(default_factory=Limits)
     max_name_chars: int = 40   # bound on free-text fields under constrained decoding, so output stays bounded
     max_new_tokens: int = 1024  # generation budget; under constrained decoding the schema is fitted to it
+
+    @property
+    def checkpoint(self) -> str:
+        """The model's checkpoint: what messages and diagnostics name the model by."""
+        return self.model.checkpoint
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,7 @@ class Describer:
         schema = fit_schema_bounds(cfg.max_new_tokens, limits.max_objects, limits.max_relations,
                                    limits.max_attributes, cfg.max_name_chars).schema() if cfg.constrained_decoding \
             else None
-        self.backend: Backend = load_backend(BackendConfig(
-            checkpoint=cfg.checkpoint, backend=cfg.backend, device=cfg.device, dtype=cfg.dtype,
-            image_max_pixels=cfg.image_max_pixels, json_schema=schema))
+        self.backend: Backend = load_backend(replace(cfg.model, json_schema=schema))
 
     @property
     def model_id(self) -> str:

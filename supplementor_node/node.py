@@ -11,32 +11,29 @@ keeps serving; each message carries the id of the model that produced it.
 
 from __future__ import annotations
 
-import re
-import threading
 import time
+from dataclasses import fields
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.node import Node
 from rclpy.parameter import Parameter
-from std_msgs.msg import Header, String
+from std_msgs.msg import String
 from task_supplementor_msgs.msg import VisualFacts
 
-from supplementor_node.backends.base import BACKENDS, DTYPES
+from supplementor_node.backends.base import BACKENDS, BackendConfig
 from supplementor_node.checkpoint_check import check_checkpoint_dir
 from supplementor_node.describer import Describer, DescriberConfig
 from supplementor_node.prompt_spec import load_prompt_spec
 from task_supplementor.ros.convert import facts_outcome_to_msg
-from task_supplementor.ros.diagnostics import Health, report_model_slot
-from task_supplementor.ros.params import ParamSpec, declare_parameters
-from task_supplementor.ros.spin import spin_node
+from task_supplementor.devices import DTYPES, check_load_choices
 from task_supplementor.ros.camera import CameraFrame, CameraInput
-from task_supplementor.ros.model_slot import ModelSlot
+from task_supplementor.ros.model_node import ModelNode
+from task_supplementor.ros.params import ParamSpec
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS
+from task_supplementor.ros.spin import spin_node
 
 NODE_NAME = "supplementor"
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_BACKEND_FIELDS = frozenset(f.name for f in fields(BackendConfig))
 
 
 # Every parameter, its default (config/supplementor.yaml repeats these) and its descriptor.
@@ -67,64 +64,32 @@ PARAMETERS: dict[str, ParamSpec] = {
 
 def preflight(cfg: DescriberConfig) -> None:
     """Reject (ValueError with the reason) a configuration that cannot load, before any load starts."""
-    if cfg.backend not in BACKENDS:
-        raise ValueError(f"backend {cfg.backend!r} not in {BACKENDS}")
-    if cfg.dtype not in DTYPES:
-        raise ValueError(f"dtype {cfg.dtype!r} not in {DTYPES}")
-    if not _DEVICE.match(cfg.device):
-        raise ValueError(f"device {cfg.device!r} is not auto, cpu, cuda or cuda:N")
+    check_load_choices(cfg.model.backend, BACKENDS, cfg.model.device, cfg.model.dtype)
     load_prompt_spec(cfg.prompt_version)
     check_checkpoint_dir(cfg.checkpoint)
 
 
-class SupplementorNode(Node):
+class SupplementorNode(ModelNode[DescriberConfig, Describer]):
     def __init__(self, **kwargs: Any):
-        super().__init__(NODE_NAME, **kwargs)
-        declare_parameters(self, PARAMETERS)
-        # status named after the node's full name, so two supplementors in one graph stay apart in /diagnostics
-        self.health = Health(f"{self.get_fully_qualified_name()}: visual facts", hardware_id=self._param("device"))
-        self._slot: ModelSlot[DescriberConfig, Describer] = ModelSlot(
-            Describer, name=lambda cfg: cfg.checkpoint, preflight=preflight, on_event=self._on_slot_event)
-        self._cond = threading.Condition()
+        super().__init__(NODE_NAME, PARAMETERS, "visual facts", Describer, preflight, **kwargs)
         self._frame: CameraFrame | None = None
         self._frame_fresh = False     # the latest frame has not been described yet
-        self._task = ""
         self._task_fresh = False      # the task changed since the last description
-        self._stopping = False
-        self._startup_problem = ""
 
         self._facts_pub = self.create_publisher(VisualFacts, "~/facts", RELIABLE_QOS)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         CameraInput(self, self.health, self._param("image_compressed"), self._on_frame)
         self.create_subscription(String, "task", self._on_task, LATCHED_QOS)
-        self.create_timer(1.0, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._request_initial_model()
-        self._worker = threading.Thread(target=self._work, name="supplementor-inference", daemon=True)
-        self._worker.start()
+        self._load_initial_model(self._describer_config({}), "/path/to/Qwen2.5-VL-3B-Instruct")
+        self._start_worker("supplementor-inference")
 
     # ---- parameters and models ------------------------------------------------------------------------------
-    def _param(self, name: str) -> Any:
-        return self.get_parameter(name).value
-
     def _describer_config(self, overrides: dict[str, Any]) -> DescriberConfig:
-        value = {name: overrides.get(name, self._param(name)) for name in PARAMETERS if PARAMETERS[name].group == "model"}
-        return DescriberConfig(**value)
-
-    def _request_initial_model(self) -> None:
-        cfg = self._describer_config({})
-        if not cfg.checkpoint:
-            self._startup_problem = ("no checkpoint set: publishing nothing until one is set, e.g. "
-                                     "`ros2 param set /supplementor checkpoint /path/to/Qwen2.5-VL-3B-Instruct`")
-            self.get_logger().warning(self._startup_problem)
-            return
-        reason = self._slot.check(cfg)
-        if reason:
-            self._startup_problem = f"checkpoint rejected: {reason}; publishing nothing until a valid one is set"
-            self.get_logger().error(self._startup_problem)
-            return
-        self._slot.request(cfg)
+        values = {name: overrides.get(name, self._param(name)) for name, spec in PARAMETERS.items()
+                  if spec.group == "model"}
+        model = BackendConfig(**{name: value for name, value in values.items() if name in _BACKEND_FIELDS})
+        return DescriberConfig(model, **{name: value for name, value in values.items() if name not in _BACKEND_FIELDS})
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate and, for load-relevant changes, start the background load (Humble has no post-set callback)."""
@@ -138,14 +103,8 @@ class SupplementorNode(Node):
         if reason:
             self.get_logger().error(f"rejected parameter change {changes}: {reason}; the current model keeps serving")
             return SetParametersResult(successful=False, reason=reason)
-        self._startup_problem = ""
-        self._slot.request(cfg)
+        self._request_model(cfg)
         return SetParametersResult(successful=True)
-
-    def _on_slot_event(self, level: str, text: str) -> None:
-        (self.get_logger().error if level == "error" else self.get_logger().info)(text)
-        with self._cond:
-            self._cond.notify_all()   # a model that just arrived may unblock the worker
 
     # ---- inputs ---------------------------------------------------------------------------------------------
     def _on_frame(self, frame: CameraFrame) -> None:
@@ -188,10 +147,7 @@ class SupplementorNode(Node):
             try:
                 description = describer.describe([(frame.rgb, task)])[0]
             except Exception as exc:  # noqa: BLE001 - a failing frame must not kill the node
-                self.health.count("inference_errors")
-                self.health.set_field("last_error", f"inference failed on {model_id}: {exc}")
-                self.get_logger().error(f"inference failed on {model_id}: {type(exc).__name__}: {exc}",
-                                        throttle_duration_sec=10.0)
+                self._inference_failed(model_id, exc)
                 continue
             latency = time.monotonic() - frame.received
             self._facts_pub.publish(facts_outcome_to_msg(description.outcome, header=frame.header, task=task,
@@ -200,22 +156,6 @@ class SupplementorNode(Node):
             self.health.count("facts_published")
             if not description.outcome.valid:
                 self.health.count("invalid_outputs")
-
-    # ---- diagnostics and shutdown ---------------------------------------------------------------------------
-    def _publish_diagnostics(self) -> None:
-        _, model_id = self._slot.current
-        self.health.set_field("model_id", model_id or "none")
-        self.health.set_field("task", self._task)
-        report_model_slot(self.health, self._slot, self._startup_problem, "no model loaded")
-        self._diag_pub.publish(self.health.to_array(Header(stamp=self.get_clock().now().to_msg())))
-
-    def close(self) -> None:
-        """Stop the worker (after the inference in progress) and the loader."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._worker.join(timeout=30.0)
-        self._slot.close()
 
 
 def main(args: list[str] | None = None) -> int:

@@ -1,6 +1,31 @@
-"""What ``device: auto`` and ``dtype: auto`` mean, for both nodes' backends (one rule, one place)."""
+"""Where and in what precision a node's model runs: the ``backend``/``device``/``dtype`` parameters both nodes share.
+
+One rule, one place: what ``auto`` means, and which values are accepted (checked before any load, so a typo is
+rejected in the set-parameters callback with the accepted values instead of failing minutes into a load).
+"""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+_ONE_DEVICE = r"auto|cpu|cuda(:\d+)?"
+_TWO_DEVICES = r"cuda(:\d+)?,cuda(:\d+)?"
+
+
+def check_load_choices(backend: str, backends: Sequence[str], device: str, dtype: str,
+                       two_devices: bool = False) -> None:
+    """ValueError naming the first bad value and what is accepted. ``two_devices``: the backend can split the model
+    over two GPUs given as ``cuda:0,cuda:1``."""
+    if backend not in backends:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(backends)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    pattern = f"^({_ONE_DEVICE}|{_TWO_DEVICES})$" if two_devices else f"^({_ONE_DEVICE})$"
+    if not re.match(pattern, device):
+        accepted = "auto, cpu, cuda, cuda:N" + (" or two of them (cuda:0,cuda:1)" if two_devices else "")
+        raise ValueError(f"device {device!r} is not {accepted}")
 
 
 def resolve_auto(device: str, dtype: str) -> tuple[str, str]:

@@ -46,9 +46,10 @@ def test_the_worst_case_instance_is_admitted_by_the_bounded_schema_and_parses() 
 
 def test_random_tiny_qwen_under_constraint_always_produces_parseable_facts(tiny_models) -> None:
     """A random-weight model fills every string to its bound: the worst case, and it must still complete."""
+    from supplementor_node.backends import BackendConfig
     from supplementor_node.describer import Describer, DescriberConfig
 
-    describer = Describer(DescriberConfig(checkpoint=str(tiny_models / "qwen2_5_vl_tiny"), device="cpu",
+    describer = Describer(DescriberConfig(BackendConfig(str(tiny_models / "qwen2_5_vl_tiny"), device="cpu"),
                                           max_new_tokens=384))
     rng = np.random.default_rng(0)
     for _ in range(3):

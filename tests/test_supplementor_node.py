@@ -87,9 +87,12 @@ class Harness:
         return value
 
     def set_checkpoint(self, path: str):
+        return self.set_string("checkpoint", path)
+
+    def set_string(self, name: str, value: str):
         assert self.params.wait_for_service(timeout_sec=30)
         request = SetParameters.Request(parameters=[ParameterMsg(
-            name="checkpoint", value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=path))])
+            name=name, value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value))])
         future = self.params.call_async(request)
         self.wait_for(future.done, 30)
         return future.result().results[0]
@@ -232,6 +235,10 @@ def test_missing_or_corrupt_checkpoint_is_rejected_and_the_old_model_keeps_servi
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     result = h.set_checkpoint(str(corrupt))
     assert not result.successful and "safetensors" in result.reason, result.reason
+    for name, value, accepted in (("dtype", "int8", "bfloat16"), ("device", "gpu", "cuda:N"),
+                                  ("backend", "onnx", "transformers, vllm")):
+        result = h.set_string(name, value)
+        assert not result.successful and f"{name} '{value}'" in result.reason and accepted in result.reason
     t0 = time.monotonic()
     msg = h.wait_for(lambda: next((m for _, m in h.received.facts_since(t0)), None), 30,
                      publish=lambda: h.image_pub.publish(h.frame(4000)), period=0.2)

@@ -56,7 +56,7 @@ class Harness:
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
-            if status.name.startswith("vla"):
+            if status.name.endswith("/vla: actions"):
                 with self.lock:
                     self.diagnostics = {kv.key: kv.value for kv in status.values}
 
@@ -227,6 +227,10 @@ def test_bad_values_rejected_with_reasons(vla: Harness):
     assert not vla.set(supplement_template="no slots here")[0].successful
     missing = vla.set(checkpoint="/nonexistent/openvla-7b")[0]
     assert not missing.successful and "config.json" in missing.reason
+    for name, value, accepted in (("dtype", "int8", "bfloat16"), ("device", "cuda:0;cuda:1", "cuda:0,cuda:1"),
+                                  ("backend", "openvla", "native, hf-official")):
+        result = vla.set(**{name: value})[0]
+        assert not result.successful and f"{name} '{value}'" in result.reason and accepted in result.reason
     assert vla.act(600).policy_id == vla.checkpoint  # the serving policy is untouched
 
 

@@ -16,28 +16,25 @@ official prompt; both are counted. ``require_frame_facts`` waits for facts stamp
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from builtin_interfaces.msg import Time as TimeMsg
-from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Vector3
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.node import Node
 from rclpy.parameter import Parameter
-from std_msgs.msg import Header, String
+from std_msgs.msg import String
 from task_supplementor_msgs.msg import VisualFacts, WidowXAction
 
-from task_supplementor.ros.diagnostics import Health, report_model_slot
-from task_supplementor.ros.params import ParamSpec, declare_parameters
-from task_supplementor.ros.spin import spin_node
+from task_supplementor.devices import DTYPES
 from task_supplementor.ros.camera import CameraFrame, CameraInput
-from task_supplementor.ros.model_slot import ModelSlot
+from task_supplementor.ros.model_node import ModelNode
+from task_supplementor.ros.params import ParamSpec
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS
-from vla_node.backends import BACKENDS, DTYPES, Policy, PolicySpec, load_policy
+from task_supplementor.ros.spin import spin_node
+from vla_node.backends import BACKENDS, Policy, PolicySpec, load_policy
 from vla_node.backends.base import check_unnorm_key, norm_stats_of, preflight
 from vla_node.prompt_fusion import (
     DEFAULT_SUPPLEMENT_TEMPLATE, PLACEHOLDER_KINDS, PROMPT_MODES, FusionConfig, PlaceholderError, PromptFuser,
@@ -97,45 +94,33 @@ class FactsChoice:
     age_s: float = -1.0
 
 
-class VlaNode(Node):
+class VlaNode(ModelNode[PolicySpec, Policy]):
+    model_noun = "policy"
+
     def __init__(self, **kwargs: Any):
-        super().__init__(NODE_NAME, **kwargs)
-        declare_parameters(self, PARAMETERS)
-        self.health = Health("vla: actions", hardware_id=self._param("device"))
-        self._slot: ModelSlot[PolicySpec, Policy] = ModelSlot(
-            load_policy, name=lambda spec: spec.checkpoint, preflight=preflight, on_event=self._on_slot_event)
+        super().__init__(NODE_NAME, PARAMETERS, "actions", load_policy, preflight, **kwargs)
         self._fusion = self._fusion_config({})
         self._fuser_cache: tuple[Policy, PromptFuser] | None = None  # the fuser measures with the policy's tokenizer
-        self._cond = threading.Condition()
         self._frame: CameraFrame | None = None
         self._acted_stamp: int | None = None  # stamp of the last frame acted on (never re-used)
         self._stale_counted_stamp: int | None = None
         self._facts: deque[VisualFacts] = deque(maxlen=_FACTS_KEPT)
-        self._task = ""
         self._ticks = 0
-        self._stopping = False
-        self._startup_problem = ""
         self._published: deque[float] = deque(maxlen=50)
 
         self._action_pub = self.create_publisher(WidowXAction, "~/action", RELIABLE_QOS)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         CameraInput(self, self.health, self._param("image_compressed"), self._on_frame)
         self.create_subscription(String, "task", self._on_task, LATCHED_QOS)
         self.create_subscription(VisualFacts, "supplementor/facts", self._on_facts, RELIABLE_QOS)
         self._timer = self.create_timer(1.0 / float(self._param("control_rate_hz")), self._on_tick)
-        self.create_timer(1.0, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         if not self._param("dry_run"):
             self.get_logger().warning("dry_run is false: actions are published for execution on hardware")
 
-        self._request_initial_policy()
-        self._worker = threading.Thread(target=self._work, name="vla-inference", daemon=True)
-        self._worker.start()
+        self._load_initial_model(self._policy_spec({}), "/path/to/openvla-7b", self._check_changes({}))
+        self._start_worker("vla-inference")
 
     # ---- parameters and policies ----------------------------------------------------------------------------
-    def _param(self, name: str) -> Any:
-        return self.get_parameter(name).value
-
     def _value(self, name: str, overrides: dict[str, Any]) -> Any:
         return overrides.get(name, self._param(name))
 
@@ -148,20 +133,6 @@ class VlaNode(Node):
                             template=self._value("supplement_template", overrides),
                             placeholder_kind=self._value("placeholder_kind", overrides),
                             placeholder_seed=int(self._value("placeholder_seed", overrides)))
-
-    def _request_initial_policy(self) -> None:
-        spec = self._policy_spec({})
-        if not spec.checkpoint:
-            self._startup_problem = ("no checkpoint set: publishing nothing until one is set, e.g. "
-                                     "`ros2 param set /vla checkpoint /path/to/openvla-7b`")
-            self.get_logger().warning(self._startup_problem)
-            return
-        reason = self._slot.check(spec) or self._check_changes({})
-        if reason:
-            self._startup_problem = f"checkpoint rejected: {reason}; publishing nothing until a valid one is set"
-            self.get_logger().error(self._startup_problem)
-            return
-        self._slot.request(spec)
 
     def _check_changes(self, changes: dict[str, Any]) -> str | None:
         """The reason to reject ``changes``, or None. Cheap: reads the checkpoint's config.json at most."""
@@ -186,8 +157,7 @@ class VlaNode(Node):
             if spec != self._policy_spec({}) or (self._slot.current[0] is None and not self._slot.busy):
                 reason = self._slot.check(spec)
                 if reason is None:
-                    self._startup_problem = ""
-                    self._slot.request(spec)
+                    self._request_model(spec)
         if reason:
             self.get_logger().error(f"rejected parameter change {changes}: {reason}")
             return SetParametersResult(successful=False, reason=reason)
@@ -198,9 +168,6 @@ class VlaNode(Node):
             self.destroy_timer(self._timer)
             self._timer = self.create_timer(1.0 / float(changes["control_rate_hz"]), self._on_tick)
         return SetParametersResult(successful=True)
-
-    def _on_slot_event(self, level: str, text: str) -> None:
-        (self.get_logger().error if level == "error" else self.get_logger().info)(text)
 
     # ---- inputs ---------------------------------------------------------------------------------------------
     def _on_frame(self, frame: CameraFrame) -> None:
@@ -295,10 +262,7 @@ class VlaNode(Node):
                 self.get_logger().error(str(exc), throttle_duration_sec=10.0)
                 continue
             except Exception as exc:  # noqa: BLE001 - a failing frame must not kill the node
-                self.health.count("inference_errors")
-                self.health.set_field("last_error", f"inference failed on {policy_id}: {exc}")
-                self.get_logger().error(f"inference failed on {policy_id}: {type(exc).__name__}: {exc}",
-                                        throttle_duration_sec=10.0)
+                self._inference_failed(policy_id, exc)
                 continue
             latency = time.monotonic() - frame.received
             self._action_pub.publish(self._action_msg(frame, clipped, prompt.mode, policy_id, choice, latency))
@@ -319,29 +283,14 @@ class VlaNode(Node):
             prompt_mode=mode, policy_id=policy_id, facts_age_s=float(choice.age_s if mode != "none" else -1.0),
             latency_s=float(latency))
 
-    # ---- diagnostics and shutdown ---------------------------------------------------------------------------
+    # ---- diagnostics --------------------------------------------------------------------------------------------
     def _rate_hz(self) -> float:
         stamps = [t for t in self._published if t > time.monotonic() - 10.0]
         return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
 
-    def _publish_diagnostics(self) -> None:
-        _, policy_id = self._slot.current
-        self.health.set_field("policy_id", policy_id or "none")
-        self.health.set_field("prompt_mode", self._fusion.mode)
-        self.health.set_field("unnorm_key", self._param("unnorm_key"))
-        self.health.set_field("dry_run", str(self._param("dry_run")).lower())
-        self.health.set_field("rate_hz", f"{self._rate_hz():.2f}")
-        self.health.set_field("task", self._task)
-        report_model_slot(self.health, self._slot, self._startup_problem, "no policy loaded")
-        self._diag_pub.publish(self.health.to_array(Header(stamp=self.get_clock().now().to_msg())))
-
-    def close(self) -> None:
-        """Stop the worker (after the inference in progress) and the loader."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._worker.join(timeout=30.0)
-        self._slot.close()
+    def _diagnostic_fields(self) -> dict[str, str]:
+        return {"prompt_mode": self._fusion.mode, "unnorm_key": self._param("unnorm_key"),
+                "dry_run": str(self._param("dry_run")).lower(), "rate_hz": f"{self._rate_hz():.2f}"}
 
 
 def main(args: list[str] | None = None) -> int:

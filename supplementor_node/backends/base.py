@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from supplementor_node.qwen_inputs import Prompt
-from task_supplementor.devices import resolve_auto
+from task_supplementor.devices import DTYPES, resolve_auto
 
 BACKENDS = ("transformers", "vllm")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from vla_node.backends.base import BACKENDS, DTYPES, BackendUnavailable, Policy, PolicySpec, preflight
+from vla_node.backends.base import BACKENDS, BackendUnavailable, Policy, PolicySpec, preflight
 
 _MODULES = {"native": "vla_node.backends.native", "hf-official": "vla_node.backends.hf_official"}
 
@@ -18,4 +18,4 @@ def load_policy(spec: PolicySpec) -> Policy:
     return importlib.import_module(_MODULES[spec.backend]).load(spec)
 
 
-__all__ = ["BACKENDS", "DTYPES", "BackendUnavailable", "Policy", "PolicySpec", "load_policy", "preflight"]
+__all__ = ["BACKENDS", "BackendUnavailable", "Policy", "PolicySpec", "load_policy", "preflight"]

@@ -7,7 +7,6 @@ callback, with the reason (and the list of available keys), before a multi-minut
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from task_supplementor.devices import resolve_auto
+from task_supplementor.devices import check_load_choices, resolve_auto
 
 BACKENDS = ("native", "hf-official")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?(,cuda(:\d+)?)?)$")
 
 
 class BackendUnavailable(RuntimeError):
@@ -68,12 +65,7 @@ def check_unnorm_key(norm_stats: dict[str, Any], unnorm_key: str, checkpoint: st
 
 def preflight(spec: PolicySpec, unnorm_key: str | None = None) -> None:
     """Reject (ValueError with the reason) a spec that cannot load or cannot serve ``unnorm_key``."""
-    if spec.backend not in BACKENDS:
-        raise ValueError(f"backend {spec.backend!r} is not one of {', '.join(BACKENDS)}")
-    if spec.dtype not in DTYPES:
-        raise ValueError(f"dtype {spec.dtype!r} is not one of {', '.join(DTYPES)}")
-    if not _DEVICE.match(spec.device):
-        raise ValueError(f"device {spec.device!r} is not auto, cpu, cuda, cuda:N or two of them (cuda:0,cuda:1)")
+    check_load_choices(spec.backend, BACKENDS, spec.device, spec.dtype, two_devices=True)
     stats = norm_stats_of(spec.checkpoint)
     if unnorm_key is not None:
         check_unnorm_key(stats, unnorm_key, spec.checkpoint)

@@ -1,0 +1,123 @@
+"""What both inference nodes share: parameters from one table, a hot-swappable model, one worker, ``/diagnostics``.
+
+WHY a base: the supplementor and the VLA node differ in what they wait for and what they publish, not in how they
+hold a model (a :class:`ModelSlot` named by its checkpoint, checked before any load), report their health (one
+status a second with the slot's state) or stop (the worker finishes the inference in progress). Keeping those in one
+place keeps the two nodes' behaviour the same where users expect it to be.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from std_msgs.msg import Header
+
+from task_supplementor.ros.diagnostics import Health, report_model_slot
+from task_supplementor.ros.model_slot import ModelSlot
+from task_supplementor.ros.params import ParamSpec, declare_parameters
+
+
+class CheckpointSpec(Protocol):
+    """A load spec names its checkpoint (the model id messages carry and the diagnostics show)."""
+
+    checkpoint: str
+
+
+S = TypeVar("S", bound=CheckpointSpec)  # what to load
+T = TypeVar("T")  # the loaded model
+
+
+class ModelNode(Node, Generic[S, T]):
+    """A node with a parameter table, a :class:`ModelSlot` of ``load(spec)`` models and one inference thread.
+
+    Subclasses build their publishers and subscriptions, then call :meth:`_load_initial_model` and
+    :meth:`_start_worker`; they implement :meth:`_work` (return when :attr:`_stopping` is set, checked under
+    :attr:`_cond`) and may add fields to the diagnostics with :meth:`_diagnostic_fields`.
+    """
+
+    model_noun = "model"  # what the slot holds, in messages and the id field (``<noun>_id``) of the status
+
+    def __init__(self, name: str, parameters: dict[str, ParamSpec], health_name: str, load: Callable[[S], T],
+                 preflight: Callable[[S], None], **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        declare_parameters(self, parameters)
+        # status named after the node's full name, so two such nodes in one graph stay apart in /diagnostics
+        self.health = Health(f"{self.get_fully_qualified_name()}: {health_name}", hardware_id=self._param("device"))
+        self._slot: ModelSlot[S, T] = ModelSlot(load, name=lambda spec: spec.checkpoint, preflight=preflight,
+                                                on_event=self._on_slot_event)
+        self._cond = threading.Condition()  # guards the inputs the worker waits for, and _stopping
+        self._task = ""
+        self._stopping = False
+        self._startup_problem = ""
+        self._worker: threading.Thread | None = None
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0, self._publish_diagnostics)
+
+    def _param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    # ---- the model ------------------------------------------------------------------------------------------
+    def _load_initial_model(self, spec: S, example_checkpoint: str, problem: str | None = None) -> None:
+        """Start loading ``spec`` unless it is empty or rejected (``problem``: a reason found by the subclass)."""
+        if not spec.checkpoint:
+            self._startup_problem = ("no checkpoint set: publishing nothing until one is set, e.g. `ros2 param set "
+                                     f"{self.get_fully_qualified_name()} checkpoint {example_checkpoint}`")
+            self.get_logger().warning(self._startup_problem)
+            return
+        reason = self._slot.check(spec) or problem
+        if reason:
+            self._startup_problem = f"checkpoint rejected: {reason}; publishing nothing until a valid one is set"
+            self.get_logger().error(self._startup_problem)
+            return
+        self._request_model(spec)
+
+    def _request_model(self, spec: S) -> None:
+        """Load ``spec`` in the background (already checked); the serving model keeps serving meanwhile."""
+        self._startup_problem = ""
+        self._slot.request(spec)
+
+    def _on_slot_event(self, level: str, text: str) -> None:
+        (self.get_logger().error if level == "error" else self.get_logger().info)(text)
+        with self._cond:
+            self._cond.notify_all()  # a model that just arrived may unblock the worker
+
+    # ---- the worker -----------------------------------------------------------------------------------------
+    def _start_worker(self, thread_name: str) -> None:
+        self._worker = threading.Thread(target=self._work, name=thread_name, daemon=True)
+        self._worker.start()
+
+    def _work(self) -> None:
+        raise NotImplementedError
+
+    def _inference_failed(self, model_id: str, exc: Exception) -> None:
+        """Count and report a failed inference (log throttled); the worker goes on with the next input."""
+        self.health.count("inference_errors")
+        self.health.set_field("last_error", f"inference failed on {model_id}: {exc}")
+        self.get_logger().error(f"inference failed on {model_id}: {type(exc).__name__}: {exc}",
+                                throttle_duration_sec=10.0)
+
+    # ---- diagnostics and shutdown ---------------------------------------------------------------------------
+    def _diagnostic_fields(self) -> dict[str, str]:
+        """Node-specific text fields of the status (the model id, the task and the slot state are added here)."""
+        return {}
+
+    def _publish_diagnostics(self) -> None:
+        _, model_id = self._slot.current
+        fields = {f"{self.model_noun}_id": model_id or "none", "task": self._task, **self._diagnostic_fields()}
+        for key, value in fields.items():
+            self.health.set_field(key, value)
+        report_model_slot(self.health, self._slot, self._startup_problem, f"no {self.model_noun} loaded")
+        self._diag_pub.publish(self.health.to_array(Header(stamp=self.get_clock().now().to_msg())))
+
+    def close(self) -> None:
+        """Stop the worker (after the inference in progress) and the loader."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)
+        self._slot.close()
