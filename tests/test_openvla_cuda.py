@@ -21,12 +21,17 @@ TASKS = ("open the drawer", "put the carrot on the plate right now", "stack", "w
 
 
 @pytest.fixture(scope="module")
-def runtimes(tmp_path_factory):
-    """(graphed, eager) runtimes over one tiny checkpoint on cuda:0, float32."""
-    from vla_node.runtime import OpenVLARuntime
+def checkpoint(tmp_path_factory):
     from vla_node.tiny_model import make_tiny_openvla
 
-    checkpoint = make_tiny_openvla(tmp_path_factory.mktemp("openvla") / "openvla_tiny")
+    return make_tiny_openvla(tmp_path_factory.mktemp("openvla") / "openvla_tiny")
+
+
+@pytest.fixture(scope="module")
+def runtimes(checkpoint):
+    """(graphed, eager) runtimes over one tiny checkpoint on cuda:0, float32."""
+    from vla_node.runtime import OpenVLARuntime
+
     graphed = OpenVLARuntime.from_pretrained(checkpoint, dtype=torch.float32, device_map="cuda:0")
     eager = OpenVLARuntime.from_pretrained(checkpoint, dtype=torch.float32, device_map="cuda:0", graphs=False)
     assert graphed.graphed is not None and eager.graphed is None
@@ -81,3 +86,23 @@ def test_a_full_gpu_evicts_old_graphs_and_keeps_answering(runtimes, monkeypatch)
     got = graphed.predict(images, prompts, "bridge_orig")
     assert len(graphed.graphed._graphs) == 1  # only the new shape is left
     np.testing.assert_array_equal(got.token_ids, eager.predict(images, prompts, "bridge_orig").token_ids)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (the LLM split over two)")
+def test_llm_split_over_two_gpus_gives_the_one_gpu_actions(runtimes, checkpoint):
+    """``device_map="cuda:0,cuda:1"``: vision, projector and the first half of the layers on cuda:0, the rest and the
+    head on cuda:1, tensors moved between them by hooks; it runs eagerly and must decode exactly as one GPU does."""
+    from vla_node.runtime import OpenVLARuntime
+
+    split = OpenVLARuntime.from_pretrained(checkpoint, dtype=torch.float32, device_map="cuda:0,cuda:1")
+    llm = split.model.language_model
+    assert split.graphed is None
+    assert llm.model.layers[0].self_attn.q_proj.weight.device == torch.device("cuda:0")
+    assert llm.model.layers[-1].self_attn.q_proj.weight.device == torch.device("cuda:1")
+    assert llm.lm_head.weight.device == torch.device("cuda:1")
+    for count, seed in ((1, 11), (5, 12)):
+        images, prompts = _batch(count, seed)
+        got = split.predict(images, prompts, "bridge_orig")
+        expected = runtimes[1].predict(images, prompts, "bridge_orig")
+        np.testing.assert_array_equal(got.token_ids, expected.token_ids)
+        np.testing.assert_allclose(got.actions, expected.actions, rtol=0, atol=1e-6)

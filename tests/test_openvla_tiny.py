@@ -85,6 +85,19 @@ def test_batched_equals_one_by_one_with_mixed_prompt_lengths(runtime):
     assert ((batched.token_ids >= first) & (batched.token_ids <= last)).all()
 
 
+def test_two_device_map_places_halves_and_decodes_like_one_device(runtime, checkpoint):
+    """The two-GPU split's placement and device-moving hooks, on two CPU "devices" (tests/test_openvla_cuda.py runs
+    it across two real GPUs): the same ids, and an unknown or third device is refused."""
+    split = OpenVLARuntime.from_pretrained(checkpoint, dtype=torch.float32, device_map="cpu,cpu")
+    assert all(layer._forward_pre_hooks for layer in split.model.language_model.model.layers)
+    assert not any(layer._forward_pre_hooks for layer in runtime.model.language_model.model.layers)
+    images, prompts = _images(3), [official_prompt(t) for t in ("open the drawer", "stack", "wipe the table")]
+    np.testing.assert_array_equal(split.predict(images, prompts, "bridge_orig").token_ids,
+                                  runtime.predict(images, prompts, "bridge_orig").token_ids)
+    with pytest.raises(ValueError, match="one or two devices"):
+        OpenVLARuntime.from_pretrained(checkpoint, dtype=torch.float32, device_map="cpu,cpu,cpu")
+
+
 def test_unnormalisation_against_hand_computed_values(runtime):
     # id -> bin k = 32000 - id - 1 (clipped to 0..254) -> centre -1 + (2k + 1) / 255
     tokens = np.array([[31872, 31999, 31744, 31745, 31900, 31800, 31999]])
