@@ -86,8 +86,7 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
 
     # ---- parameters and models ------------------------------------------------------------------------------
     def _describer_config(self, overrides: dict[str, Any]) -> DescriberConfig:
-        values = {name: overrides.get(name, self._param(name)) for name, spec in PARAMETERS.items()
-                  if spec.group == "model"}
+        values = {name: self._value(name, overrides) for name, spec in PARAMETERS.items() if spec.group == "model"}
         model = BackendConfig(**{name: value for name, value in values.items() if name in _BACKEND_FIELDS})
         return DescriberConfig(model, **{name: value for name, value in values.items() if name not in _BACKEND_FIELDS})
 

@@ -121,9 +121,6 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         self._start_worker("vla-inference")
 
     # ---- parameters and policies ----------------------------------------------------------------------------
-    def _value(self, name: str, overrides: dict[str, Any]) -> Any:
-        return overrides.get(name, self._param(name))
-
     def _policy_spec(self, overrides: dict[str, Any]) -> PolicySpec:
         return PolicySpec(**{name: self._value(name, overrides) for name, spec in PARAMETERS.items()
                              if spec.group == "policy"})

@@ -60,6 +60,10 @@ class ModelNode(Node, Generic[S, T]):
     def _param(self, name: str) -> Any:
         return self.get_parameter(name).value
 
+    def _value(self, name: str, overrides: dict[str, Any]) -> Any:
+        """A parameter's value as it would be after ``overrides`` (a pending set) are applied."""
+        return overrides.get(name, self._param(name))
+
     # ---- the model ------------------------------------------------------------------------------------------
     def _load_initial_model(self, spec: S, example_checkpoint: str, problem: str | None = None) -> None:
         """Start loading ``spec`` unless it is empty or rejected (``problem``: a reason found by the subclass)."""
