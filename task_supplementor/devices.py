@@ -8,10 +8,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 _ONE_DEVICE = r"auto|cpu|cuda(:\d+)?"
 _TWO_DEVICES = r"cuda(:\d+)?,cuda(:\d+)?"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What a node loads: its ``checkpoint``, ``backend``, ``device`` and ``dtype`` parameters. Each node's spec
+    derives from this, giving ``backend`` its own default and adding what only it needs."""
+
+    checkpoint: str
+    backend: str
+    device: str = "auto"
+    dtype: str = "auto"
 
 
 def check_load_choices(backend: str, backends: Sequence[str], device: str, dtype: str,

@@ -6,19 +6,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from supplementor_node.qwen_inputs import Prompt
-from task_supplementor.devices import DTYPES, resolve_auto
+from task_supplementor.devices import DTYPES, ModelChoice, resolve_auto
 
 BACKENDS = ("transformers", "vllm")
 
 
 @dataclass(frozen=True)
-class BackendConfig:
+class BackendConfig(ModelChoice):
     """What a backend needs to load a checkpoint. ``auto`` resolves to cuda/bf16 when a GPU exists, else cpu/fp32."""
 
-    checkpoint: str
     backend: str = "transformers"
-    device: str = "auto"
-    dtype: str = "auto"
     image_max_pixels: int = 256 * 28 * 28
     json_schema: dict[str, Any] | None = None   # constrain decoding to this schema when set
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from task_supplementor.devices import check_load_choices, resolve_auto
+from task_supplementor.devices import ModelChoice, check_load_choices, resolve_auto
 
 BACKENDS = ("native", "hf-official")
 
@@ -24,13 +24,10 @@ class BackendUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
-class PolicySpec:
-    """What to load: the node's ``checkpoint``, ``backend``, ``device`` and ``dtype`` parameters."""
+class PolicySpec(ModelChoice):
+    """What the VLA node loads (its ``checkpoint``, ``backend``, ``device`` and ``dtype`` parameters)."""
 
-    checkpoint: str
     backend: str = "native"
-    device: str = "auto"
-    dtype: str = "auto"
 
 
 class Policy(Protocol):
