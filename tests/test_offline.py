@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from node_process import start_node, stop_nodes
 from offline import topics
 from offline.manifest import Manifest
 
@@ -184,14 +185,6 @@ def test_inspect_reports_topics_tasks_and_draws_a_contact_sheet(converted, tmp_p
         assert sheet.size == (3 * 256, 2 * (256 + 120))
 
 
-def _start(module: str, params_file: str, overrides: dict[str, str], log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", module, "--ros-args", "--params-file", str(REPO / "config" / params_file)]
-    for name, value in overrides.items():
-        command += ["-p", f"{name}:={value}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
-
 def test_realtime_replay_publishes_every_frame_at_the_rate_onto_the_live_topic(converted, tmp_path):
     import threading
 
@@ -243,25 +236,21 @@ def test_lockstep_replay_through_the_running_nodes_records_one_output_per_frame(
     from offline.replay import ReplayConfig, replay
 
     frames = 3
-    supplementor = _start("supplementor_node.node", "supplementor.yaml",
-                          {"checkpoint": str(tiny_models / "qwen2_5_vl_tiny"), "device": "cpu",
-                           "max_new_tokens": "256", "rate_hz": "30.0"}, tmp_path / "supplementor.log")
-    vla = _start("vla_node.node", "vla.yaml",
-                 {"checkpoint": str(tiny_models / "openvla_tiny"), "device": "cpu", "prompt_mode": "none",
-                  "control_rate_hz": "10.0"}, tmp_path / "vla.log")
+    supplementor = start_node("supplementor_node.node", "supplementor.yaml",
+                              {"checkpoint": str(tiny_models / "qwen2_5_vl_tiny"), "device": "cpu",
+                               "max_new_tokens": "256", "rate_hz": "30.0"}, tmp_path / "supplementor.log")
+    vla = start_node("vla_node.node", "vla.yaml",
+                     {"checkpoint": str(tiny_models / "openvla_tiny"), "device": "cpu", "prompt_mode": "none",
+                      "control_rate_hz": "10.0"}, tmp_path / "vla.log")
     try:
         result = replay(ReplayConfig(manifest=converted.out_dir, episodes="0:1", max_frames=frames,
                                      out=tmp_path / "lockstep", wait_facts=True, action_timeout_s=20.0,
                                      startup_timeout_s=60.0))
     finally:
-        for process in (supplementor, vla):
-            process.send_signal(signal.SIGINT)
-        for process in (supplementor, vla):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in tmp_path.glob("*.log"))
+        stopped = stop_nodes({"supplementor": (supplementor, tmp_path / "supplementor.log"),
+                              "vla": (vla, tmp_path / "vla.log")}, signal.SIGINT)
+    logs = "\n".join(f"--- {name} (exit {s.code})\n{s.log_tail[-3000:]}" for name, s in stopped.items())
+    assert all(s.clean for s in stopped.values()), f"a node did not exit cleanly on SIGINT:\n{logs}"
     assert result.summary["timeouts"] == 0, logs
     assert [f["actions_for_frame"] for f in result.frames] == [1] * frames, logs
     assert [f["facts_for_frame"] for f in result.frames] == [1] * frames, logs

@@ -7,10 +7,8 @@ plain rclpy node; parameters are set through the node's real ``set_parameters`` 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from task_supplementor_msgs.msg import VisualFacts
 
+from node_process import start_node, stop_nodes
 from polling import poll
 from task_supplementor.ros.images import rgb_to_compressed_imgmsg, rgb_to_imgmsg
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
@@ -105,12 +104,10 @@ class Harness:
 
 
 def _start_node(tiny: Path, ns: str, compressed: bool, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "supplementor_node.node", "--ros-args", "-r", f"__ns:={ns or '/'}",
-           "--params-file", str(REPO / "config" / "supplementor.yaml"),
-           "-p", f"checkpoint:={tiny / 'qwen2_5_vl_tiny'}", "-p", f"image_compressed:={str(compressed).lower()}",
-           "-p", "max_new_tokens:=256", "-p", "rate_hz:=30.0", "-p", "device:=cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return start_node("supplementor_node.node", "supplementor.yaml",
+                      {"checkpoint": str(tiny / "qwen2_5_vl_tiny"), "image_compressed": str(compressed).lower(),
+                       "max_new_tokens": "256", "rate_hz": "30.0", "device": "cpu"},
+                      log, ros_args=("-r", f"__ns:={ns or '/'}"))
 
 
 @pytest.fixture(scope="module")
@@ -128,14 +125,15 @@ def graph(tiny_models, tmp_path_factory):
     spinner.start()
     for h in harnesses.values():
         h.task_pub.publish(String(data=h.task_text))
-    yield {"tiny": tiny_models, "logs": logs, "procs": procs, **harnesses}
-    for proc in procs.values():
-        proc.terminate()
-    codes = {name: proc.wait(timeout=30) for name, proc in procs.items()}
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.shutdown()
-    assert codes == {"raw": 0, "jpeg": 0}, f"nodes did not exit cleanly on SIGTERM: {codes}"
+    try:
+        yield {"tiny": tiny_models, "logs": logs, "procs": procs, **harnesses}
+    finally:
+        stopped = stop_nodes({name: (proc, logs / f"{name}.log") for name, proc in procs.items()})
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown()
+    for name, result in stopped.items():
+        assert result.clean, f"{name} node did not exit cleanly on SIGTERM ({result.code}); log:\n{result.log_tail}"
 
 
 def _first_facts_for(h: Harness, sec: int, timeout: float = 60.0) -> VisualFacts:

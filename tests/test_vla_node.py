@@ -8,9 +8,6 @@ per frame, so each stamp yields at most one action.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,6 +23,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from task_supplementor_msgs.msg import VisualFacts, WidowXAction
 
+from node_process import start_node, stop_nodes
 from polling import poll
 from task_supplementor.ros.images import rgb_to_imgmsg
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
@@ -107,27 +105,25 @@ class Harness:
 def vla(tiny_models, tmp_path_factory):
     checkpoint = str(tiny_models / "openvla_tiny")
     log = tmp_path_factory.mktemp("vla_logs") / "vla.log"
-    cmd = [sys.executable, "-m", "vla_node.node", "--ros-args", "--params-file", str(REPO / "config" / "vla.yaml"),
-           "-p", f"checkpoint:={checkpoint}", "-p", "image_compressed:=false", "-p", "control_rate_hz:=10.0",
-           "-p", "device:=cpu"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    proc = start_node("vla_node.node", "vla.yaml", {"checkpoint": checkpoint, "image_compressed": "false",
+                                                    "control_rate_hz": "10.0", "device": "cpu"}, log)
     rclpy.init()
     node = rclpy.create_node("vla_test")
     harness = Harness(node, checkpoint)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
-    harness.task_pub.publish(String(data=TASK))
-    ready = harness.wait_for(lambda: harness.diagnostics.get("policy_id") == checkpoint, 90)
-    assert ready, f"the vla node did not load the tiny policy; log:\n{log.read_text()}"
-    yield harness
-    proc.terminate()
-    code = proc.wait(timeout=30)
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.shutdown()
-    assert code == 0, f"vla node did not exit cleanly on SIGTERM ({code}); log:\n{log.read_text()}"
+    try:
+        harness.task_pub.publish(String(data=TASK))
+        ready = harness.wait_for(lambda: harness.diagnostics.get("policy_id") == checkpoint, 90)
+        assert ready, f"the vla node did not load the tiny policy; log:\n{log.read_text()}"
+        yield harness
+    finally:
+        stopped = stop_nodes({"vla": (proc, log)})["vla"]
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown()
+    assert stopped.clean, f"vla node did not exit cleanly on SIGTERM ({stopped.code}); log:\n{stopped.log_tail}"
 
 
 def test_official_prompt_one_action_per_frame_dry_run_by_default(vla: Harness):
