@@ -149,8 +149,10 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
                 self._inference_failed(model_id, exc)
                 continue
             latency = time.monotonic() - frame.received
-            self._facts_pub.publish(facts_outcome_to_msg(description.outcome, header=frame.header, task=task,
-                                                         model_id=model_id, latency_s=latency))
+            msg = facts_outcome_to_msg(description.outcome, header=frame.header, task=task, model_id=model_id,
+                                       latency_s=latency)
+            if not self._publish_result(self._facts_pub, msg):
+                return
             self.health.latency.add(latency)
             self.health.count("facts_published")
             if not description.outcome.valid:

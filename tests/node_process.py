@@ -12,10 +12,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SETTLE_S = 1.0  # after one node exits, for the others to finish processing its departure
 
 
 def start_node(module: str, params_file: str, overrides: dict[str, str], log: Path,
@@ -43,12 +45,21 @@ class Stopped:
 
 def stop_nodes(nodes: dict[str, tuple[subprocess.Popen, Path]], sig: int = signal.SIGTERM,
                timeout: float = 60.0) -> dict[str, Stopped]:
-    """Send ``sig`` to every ``name: (process, log)`` at once, then wait for each; one still running after
-    ``timeout`` s gets SIGABRT (its stack dump goes to its log), then SIGKILL."""
-    for process, _ in nodes.values():
+    """Send ``sig`` to each ``name: (process, log)`` in turn and wait for it; one still running after ``timeout`` s
+    gets SIGABRT (its stack dump goes to its log), then SIGKILL.
+
+    One at a time, with a pause between, because Fast DDS 2.14 can deadlock a participant's deletion while it is
+    processing another participant's departure (see ``task_supplementor/ros/spin.py``): the nodes' own clean exit is
+    what these tests check, not that upstream race, which the nodes' teardown watchdog bounds.
+    """
+    stopped = {}
+    for index, (name, (process, log)) in enumerate(nodes.items()):
+        if index:
+            time.sleep(SETTLE_S)
         if process.poll() is None:
             process.send_signal(sig)
-    return {name: _wait(process, log, timeout) for name, (process, log) in nodes.items()}
+        stopped[name] = _wait(process, log, timeout)
+    return stopped
 
 
 def _wait(process: subprocess.Popen, log: Path, timeout: float) -> Stopped:

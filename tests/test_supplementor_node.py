@@ -113,19 +113,19 @@ def _start_node(tiny: Path, ns: str, compressed: bool, log: Path) -> subprocess.
 @pytest.fixture(scope="module")
 def graph(tiny_models, tmp_path_factory):
     logs = tmp_path_factory.mktemp("supplementor_logs")
+    rclpy.init()
     procs = {"raw": _start_node(tiny_models, "", False, logs / "raw.log"),
              "jpeg": _start_node(tiny_models, "/c", True, logs / "jpeg.log")}
-    rclpy.init()
     node = rclpy.create_node("supplementor_test")
-    harnesses = {"raw": Harness(node, "", False), "jpeg": Harness(node, "/c", True)}
-    harnesses["jpeg"].task_text = "stack the green cup"
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    for h in harnesses.values():
-        h.task_pub.publish(String(data=h.task_text))
     try:
+        harnesses = {"raw": Harness(node, "", False), "jpeg": Harness(node, "/c", True)}
+        harnesses["jpeg"].task_text = "stack the green cup"
+        for h in harnesses.values():
+            h.task_pub.publish(String(data=h.task_text))
         yield {"tiny": tiny_models, "logs": logs, "procs": procs, **harnesses}
     finally:
         stopped = stop_nodes({name: (proc, logs / f"{name}.log") for name, proc in procs.items()})

@@ -105,15 +105,15 @@ class Harness:
 def vla(tiny_models, tmp_path_factory):
     checkpoint = str(tiny_models / "openvla_tiny")
     log = tmp_path_factory.mktemp("vla_logs") / "vla.log"
+    rclpy.init()
     proc = start_node("vla_node.node", "vla.yaml", {"checkpoint": checkpoint, "image_compressed": "false",
                                                     "control_rate_hz": "10.0", "device": "cpu"}, log)
-    rclpy.init()
     node = rclpy.create_node("vla_test")
-    harness = Harness(node, checkpoint)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
     try:
+        harness = Harness(node, checkpoint)
         harness.task_pub.publish(String(data=TASK))
         ready = harness.wait_for(lambda: harness.diagnostics.get("policy_id") == checkpoint, 90)
         assert ready, f"the vla node did not load the tiny policy; log:\n{log.read_text()}"

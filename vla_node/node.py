@@ -262,7 +262,9 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
                 self._inference_failed(policy_id, exc)
                 continue
             latency = time.monotonic() - frame.received
-            self._action_pub.publish(self._action_msg(frame, clipped, prompt.mode, policy_id, choice, latency))
+            if not self._publish_result(self._action_pub,
+                                        self._action_msg(frame, clipped, prompt.mode, policy_id, choice, latency)):
+                return
             self._published.append(time.monotonic())
             self.health.latency.add(latency)
             self.health.count("actions_published")

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 from std_msgs.msg import Header
 
 from task_supplementor.ros.diagnostics import Health, report_model_slot
@@ -96,6 +98,21 @@ class ModelNode(Node, Generic[S, T]):
 
     def _work(self) -> None:
         raise NotImplementedError
+
+    def _publish_result(self, publisher: Publisher, msg: Any) -> bool:
+        """Publish what an inference produced; False when ROS shut down meanwhile (then the worker should end).
+
+        WHY: Ctrl-C / SIGTERM invalidates the context at once, while the worker may be in the middle of an
+        inference; its result then has nowhere to go, and the worker ends quietly instead of dying with an
+        RCLError traceback on every stop. A publish error with ROS still up is a real error and is raised.
+        """
+        try:
+            publisher.publish(msg)
+        except _rclpy.RCLError:
+            if self.context.ok():
+                raise
+            return False
+        return True
 
     def _inference_failed(self, model_id: str, exc: Exception) -> None:
         """Count and report a failed inference (log throttled); the worker goes on with the next input."""

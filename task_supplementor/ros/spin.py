@@ -2,10 +2,18 @@
 
 One place so both nodes stop the same way on Ctrl-C/SIGTERM: the worker finishes its inference (``node.close()``),
 then the executor and rclpy shut down, and the process exits 0 (``task-supplementor up`` and launch rely on it).
+
+The DDS teardown is bounded: Fast DDS 2.14 (Jazzy's default middleware) can deadlock deleting a participant while
+it is still processing another participant's departure, i.e. when two nodes stop at the same moment, as they do
+under ``ros2 launch`` or ``task-supplementor up`` (seen once in this project's tests: ``rmw_destroy_node`` ->
+``DomainParticipant::set_listener`` spinning forever against a discovery thread in ``onWriterDiscovery``). The
+spinning call holds the GIL, so no Python thread or signal handler can end it; faulthandler's watchdog is native,
+so after ``teardown_timeout_s`` it writes every thread's stack to stderr and exits with status 1 instead.
 """
 
 from __future__ import annotations
 
+import faulthandler
 from collections.abc import Callable
 from typing import Protocol
 
@@ -18,7 +26,11 @@ class ClosableNode(Protocol):
     def close(self) -> None: ...
 
 
-def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
+TEARDOWN_TIMEOUT_S = 10.0  # destroying a node's DDS entities takes well under a second when it does not deadlock
+
+
+def spin_node(make_node: Callable[[], Node], args: list[str] | None = None,
+              teardown_timeout_s: float = TEARDOWN_TIMEOUT_S) -> int:
     rclpy.init(args=args)
     node = make_node()
     executor = MultiThreadedExecutor()
@@ -36,6 +48,8 @@ def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> i
     finally:
         node.close()
         executor.shutdown()
+        faulthandler.dump_traceback_later(teardown_timeout_s, exit=True)
         node.destroy_node()
         rclpy.try_shutdown()
+        faulthandler.cancel_dump_traceback_later()
     return 0
