@@ -31,7 +31,6 @@ from polling import poll
 from task_supplementor.ros.images import rgb_to_compressed_imgmsg, rgb_to_imgmsg
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
 
-REPO = Path(__file__).resolve().parents[1]
 TASK = "put the red block in the bowl"
 
 

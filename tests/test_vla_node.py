@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +28,6 @@ from task_supplementor.ros.images import rgb_to_imgmsg
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
 from vla_node.widowx import HIGH, LOW, clip_to_widowx
 
-REPO = Path(__file__).resolve().parents[1]
 TASK = "put the carrot on the plate"
 SUPPLEMENT = "objects: carrot (orange, left); plate (white, center). relations: none. gripper: open, holding nothing."
 
