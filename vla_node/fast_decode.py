@@ -7,7 +7,8 @@ embedding concat, prefill into per-layer K/V buffers, the 6 further greedy steps
 ``torch.cuda.CUDAGraph`` replays thousands of kernels with one launch and no host sync.
 
 Batched (64 frames, ~18k prefill tokens) the GEMMs are ~80% of the time and already run at ~725 TFLOP/s on an H100
-(measured), so the rest is about doing less around them: q/k/v and gate/up are one product each (:func:`fuse_weights`);
+(measured), so the rest is about doing less around them: q/k/v and gate/up are one product each (:func:`fuse_weights`),
+the SwiGLU runs in the gate/up GEMM's epilogue on Hopper (:mod:`vla_node.swiglu_gemm`);
 the Llama layers and the ViT blocks are functions of tensors that one ``torch.compile`` each fuses (norms, rotary,
 residuals, SiLU/GELU, LayerScale); the last layer computes queries, attention and MLP only at the one position per row
 whose logits are read (:func:`_last_prefill_layer`, ~1/32 of the prefill); and batches are padded to a multiple of 2
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_node.prompting import with_empty_token
+from vla_node.swiglu_gemm import MIN_ROWS, fused_swiglu_available, swiglu_product, swiglu_reference
 from vla_node.vit import block_forward
 
 if TYPE_CHECKING:
@@ -64,20 +66,23 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def _mlp_block(hidden: torch.Tensor, norm2: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
-               eps: float) -> torch.Tensor:
-    """The residual SwiGLU half of a Llama layer."""
-    gate, up = F.linear(_rms_norm(hidden, norm2, eps), w_gate_up).chunk(2, dim=-1)
-    return hidden + F.linear(F.silu(gate) * up, w_down)
+               eps: float, fused_mlp: bool = False) -> torch.Tensor:
+    """The residual SwiGLU half of a Llama layer; ``fused_mlp``: SwiGLU in the gate/up GEMM's epilogue (one kernel)."""
+    x = _rms_norm(hidden, norm2, eps)
+    activated = swiglu_product(x, w_gate_up) if fused_mlp else swiglu_reference(x, w_gate_up)
+    return hidden + F.linear(activated, w_down)
 
 
 def _decoder_layer(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: torch.Tensor | None,
                    slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, norm1: torch.Tensor,
                    norm2: torch.Tensor, w_qkv: torch.Tensor, wo: torch.Tensor, w_gate_up: torch.Tensor,
-                   w_down: torch.Tensor, eps: float, heads: int, kv_heads: int) -> torch.Tensor:
+                   w_down: torch.Tensor, eps: float, heads: int, kv_heads: int,
+                   fused_mlp: bool = False) -> torch.Tensor:
     """A Llama decoder layer (pre-norm attention + SwiGLU MLP) as one function of tensors, so that one
     ``torch.compile`` serves all layers (weights are arguments, not guarded module attributes).
 
     ``w_qkv`` / ``w_gate_up``: the q, k, v (gate, up) weights stacked along the output dim (see :func:`fuse_weights`).
+    ``fused_mlp``: compute the MLP's SwiGLU with :func:`swiglu_product` (batched prefills on Hopper).
     """
     batch, length, _ = hidden.shape
     x = _rms_norm(hidden, norm1, eps)
@@ -92,7 +97,7 @@ def _decoder_layer(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, a
     else:
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, enable_gqa=heads != kv_heads)
     hidden = hidden + F.linear(out.transpose(1, 2).reshape(batch, length, -1), wo)
-    return _mlp_block(hidden, norm2, w_gate_up, w_down, eps)
+    return _mlp_block(hidden, norm2, w_gate_up, w_down, eps, fused_mlp)
 
 
 def _last_prefill_layer(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, last: torch.Tensor,
@@ -165,12 +170,15 @@ class GraphedGreedyDecoder:
 
     Images come either as float pixel_values (B, 3 * towers, H, W) or as the preprocessor's uint8 resizes
     (B, R, H, W, 3), normalised on the device inside the graph (:meth:`ImagePreprocessor.normalize`).
+    ``fused_mlp`` (default on) lets batched prefills on a Hopper GPU compute each MLP's SwiGLU inside the gate/up GEMM
+    (:mod:`vla_node.swiglu_gemm`); elsewhere it has no effect.
     """
 
     BATCHED_ROWS = 8  # from this many frames on, pad prompts to ``batched_bucket`` (padding costs more than graphs)
 
     def __init__(self, runtime: OpenVLARuntime, bucket: int = 16, batched_bucket: int = 2,
-                 use_graphs: bool | None = None, max_graphs: int = 8, compile_layers: bool | None = None) -> None:
+                 use_graphs: bool | None = None, max_graphs: int = 8, compile_layers: bool | None = None,
+                 fused_mlp: bool = True) -> None:
         if bucket < 1 or batched_bucket < 1:
             raise ValueError(f"buckets must be >= 1, got {bucket} and {batched_bucket}")
         self.runtime = runtime
@@ -190,6 +198,7 @@ class GraphedGreedyDecoder:
         self._heads, self._kv_heads = config.num_attention_heads, config.num_key_value_heads
         self._head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self._stacked = [fuse_weights(layer) for layer in self.llm.model.layers]
+        self.fused_mlp = fused_mlp and all(fused_swiglu_available(w_gate_up) for _, w_gate_up in self._stacked)
         compile_layers = self.use_graphs if compile_layers is None else compile_layers
         if compile_layers:
             # compiled entries per function: prefill and decode variants, one per batch size for the ViT blocks (two
@@ -245,9 +254,10 @@ class GraphedGreedyDecoder:
         cos, sin = self.llm.model.rotary_emb(embeds, positions)
         hidden = embeds
         layers = len(self.llm.model.layers)
+        fused_mlp = self.fused_mlp and attend is None and embeds.shape[0] * embeds.shape[1] >= MIN_ROWS
         for index in range(layers if last is None else layers - 1):
             hidden = self._layer_fn(hidden, cos, sin, attend, slots, kv.keys[index], kv.values[index],
-                                    *self._layer_weights(index))
+                                    *self._layer_weights(index), fused_mlp)
         if last is not None:
             hidden = self._last_layer_fn(hidden, cos, sin, last, slots, kv.keys[-1], kv.values[-1],
                                          *self._layer_weights(layers - 1))
