@@ -3,11 +3,16 @@
 Starts the same executables as ``launch/suite.launch.py`` with the same YAML files and the same overrides (both go
 through :mod:`task_supplementor.bringup`). Ctrl-C stops every node cleanly and exits 0; if a node dies on its own,
 the others are stopped and the command exits non-zero, naming the node and its exit code.
+
+The nodes run in their own process groups, so a terminal's Ctrl-C reaches only this command, which then stops them
+one at a time (see :meth:`SuiteProcesses.stop`); on Linux they are also told to stop if this command is killed
+outright (SIGKILL), so no node outlives the suite.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import signal
 import subprocess
 import sys
@@ -18,7 +23,18 @@ from typing import TextIO
 
 from task_supplementor import bringup
 
-STOP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 15.0  # > the nodes' own teardown watchdog (10 s), so a stuck node reports itself before SIGKILL
+SETTLE_S = 1.0  # between one node's exit and the next one's SIGINT: its DDS departure is processed by then
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with_parent() -> None:
+    """In a node's process before exec (Linux): SIGTERM when the parent dies, even by SIGKILL.
+
+    WHY: the nodes sit in their own process groups (so Ctrl-C reaches only ``up``); without this a killed ``up`` would
+    leave them running, still publishing and holding the GPU.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 class NodeDied(RuntimeError):
@@ -53,8 +69,10 @@ class SuiteProcesses:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
                 output = open(self.log_dir / f"{name}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed in stop)
                 self._logs.append(output)
-            self.processes[name] = subprocess.Popen(command, env=bringup.node_environment(), stdout=output,
-                                                    stderr=subprocess.STDOUT if output else None)
+            self.processes[name] = subprocess.Popen(
+                command, env=bringup.node_environment(), stdin=subprocess.DEVNULL, stdout=output,
+                stderr=subprocess.STDOUT if output else None, process_group=0,
+                preexec_fn=_stop_with_parent if sys.platform.startswith("linux") else None)
 
     def check_alive(self) -> None:
         """Raise :class:`NodeDied` for the first node that has exited."""
@@ -64,21 +82,28 @@ class SuiteProcesses:
                 raise NodeDied(name, code)
 
     def stop(self) -> dict[str, int]:
-        """SIGINT every running node (rclpy shuts down cleanly), then escalate; name -> exit code."""
-        for process in self.processes.values():
+        """Stop the nodes one at a time, last started first: SIGINT (rclpy shuts down cleanly), SIGKILL after
+        ``STOP_TIMEOUT_S``, then ``SETTLE_S`` before the next; name -> exit code, in start order.
+
+        WHY one at a time: Fast DDS 2.14 (Jazzy's default) can deadlock deleting a participant while it processes
+        another participant's departure, which is what two nodes stopping at the same moment do (seen in CI; the
+        nodes' watchdog then ends the stuck one with exit 1 after 10 s, see docs/deploy.md).
+        """
+        codes: dict[str, int] = {}
+        for name, process in reversed(self.processes.items()):
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
-        codes: dict[str, int] = {}
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for name, process in self.processes.items():
-            try:
-                codes[name] = process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                codes[name] = process.wait()
+                try:
+                    process.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                if any(other.poll() is None for other in self.processes.values()):
+                    time.sleep(SETTLE_S)
+            codes[name] = process.returncode
         for log in self._logs:
             log.close()
-        return codes
+        return {name: codes[name] for name in self.processes}
 
     def __enter__(self) -> SuiteProcesses:
         self.start()
@@ -121,17 +146,21 @@ def run(args: argparse.Namespace) -> int:
     except bringup.BringupError as error:
         print(f"task-supplementor up: {error}", file=sys.stderr)
         return 2
-    print(f"task-supplementor up: starting {', '.join(suite.commands)} (Ctrl-C stops them)", flush=True)
     # SIGTERM (e.g. from a supervisor) takes the same clean path as Ctrl-C; SIGINT explicitly too, because a shell
     # that starts `up &` in a script starts it with SIGINT ignored.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     suite.start()
+    started = ", ".join(f"{name} (pid {process.pid})" for name, process in suite.processes.items())
+    print(f"task-supplementor up: started {started}; Ctrl-C stops them", flush=True)
     try:
         while True:
             suite.check_alive()
             time.sleep(0.2)
     except KeyboardInterrupt:
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the ordered stop short
+            signal.signal(stop_signal, signal.SIG_IGN)
+        print("task-supplementor up: stopping the nodes one at a time", flush=True)
         codes = suite.stop()
         print(f"task-supplementor up: stopped ({', '.join(f'{n} exit {c}' for n, c in codes.items())})")
         return 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import configparser
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,8 +128,10 @@ def up_command(tiny_models: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def suite_up(tiny_models: Path):
-    """``task-supplementor up`` running both nodes; stopped with SIGINT (Ctrl-C) by the last test that uses it."""
-    process = subprocess.Popen(up_command(tiny_models), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """``task-supplementor up`` running both nodes in a process group of its own, as a terminal's foreground job;
+    stopped with SIGINT to that group (Ctrl-C) by the last test that uses it."""
+    process = subprocess.Popen(up_command(tiny_models), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               process_group=0)
     yield process
     if process.poll() is None:
         process.kill()
@@ -169,11 +173,43 @@ def test_running_nodes_declare_every_yaml_parameter_with_its_type(suite_up, spec
 
 
 def test_up_stops_cleanly_on_ctrl_c(suite_up) -> None:
+    """Ctrl-C in a terminal signals the whole foreground process group: only ``up`` may get it (the nodes run in
+    groups of their own), and it stops the nodes one after the other, each exiting 0."""
     declared_parameter_types("vla")  # both nodes are up by now (the fixture's first users waited for them)
-    suite_up.send_signal(signal.SIGINT)
-    output, _ = suite_up.communicate(timeout=60)
+    os.killpg(suite_up.pid, signal.SIGINT)
+    output, _ = suite_up.communicate(timeout=90)
     assert suite_up.returncode == 0, output
     assert "stopped (supplementor exit 0, vla exit 0)" in output, output
+
+
+def _gone(pid: int) -> bool:
+    """Exited (no process, or a zombie waiting for a reaper that is not its parent any more)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal (prctl) is Linux only")
+def test_nodes_do_not_outlive_a_killed_up(tiny_models: Path) -> None:
+    process = subprocess.Popen(up_command(tiny_models), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        started = ""
+        while "up: started" not in started and process.poll() is None:  # the nodes' own output may come first
+            started = process.stdout.readline()
+        pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", started)]
+        assert len(pids) == 2, started
+        time.sleep(1.0)  # the nodes are starting (loading their models): killed at any moment, they must go
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 60
+        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(_gone(pid) for pid in pids), f"nodes still running after up was killed: {pids}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_up_names_the_node_that_dies(tiny_models: Path, tmp_path: Path) -> None:

@@ -134,11 +134,12 @@ class ModelNode(Node, Generic[S, T]):
         report_model_slot(self.health, self._slot, self._startup_problem, f"no {self.model_noun} loaded")
         self._diag_pub.publish(self.health.to_array(Header(stamp=self.get_clock().now().to_msg())))
 
-    def close(self) -> None:
-        """Stop the worker (after the inference in progress) and the loader."""
+    def close(self) -> bool:
+        """Stop the worker (after the inference in progress) and the loader; False while a checkpoint load is still
+        running in the background (:meth:`ModelSlot.close`)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         if self._worker is not None:
             self._worker.join(timeout=30.0)
-        self._slot.close()
+        return self._slot.close()

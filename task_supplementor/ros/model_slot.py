@@ -85,12 +85,17 @@ class ModelSlot(Generic[S, T]):
                 self._cond.wait(remaining)
         return True
 
-    def close(self) -> None:
-        """Stop the worker after the load in progress (if any); the serving model stays readable."""
+    def close(self) -> bool:
+        """Stop the worker after the load in progress (if any); the serving model stays readable.
+
+        Returns False while a load is still running: a checkpoint load cannot be interrupted, and it is not waited
+        for (it may take minutes); see :func:`task_supplementor.ros.spin.spin_node` for how the process then exits.
+        """
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         self._worker.join(timeout=0.1)
+        return not self._worker.is_alive()
 
     def _run(self) -> None:
         while True:

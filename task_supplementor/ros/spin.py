@@ -9,11 +9,18 @@ under ``ros2 launch`` or ``task-supplementor up`` (seen once in this project's t
 ``DomainParticipant::set_listener`` spinning forever against a discovery thread in ``onWriterDiscovery``). The
 spinning call holds the GIL, so no Python thread or signal handler can end it; faulthandler's watchdog is native,
 so after ``teardown_timeout_s`` it writes every thread's stack to stderr and exits with status 1 instead.
+
+A stop that arrives while a checkpoint is still loading in the background (a node just started, or a live swap)
+does not wait for the load: once ROS is down the process ends with ``os._exit(0)``. Letting the interpreter finalise
+under the loading thread aborts the process instead (C++ ``terminate called without an active exception``, exit
+-6; seen in this project's tests when a node was stopped a second after it started).
 """
 
 from __future__ import annotations
 
 import faulthandler
+import os
+import sys
 from collections.abc import Callable
 from typing import Protocol
 
@@ -23,7 +30,9 @@ from rclpy.node import Node
 
 
 class ClosableNode(Protocol):
-    def close(self) -> None: ...
+    def close(self) -> bool:
+        """Stop background work; True when no background thread is left running."""
+        ...
 
 
 TEARDOWN_TIMEOUT_S = 10.0  # destroying a node's DDS entities takes well under a second when it does not deadlock
@@ -46,10 +55,14 @@ def spin_node(make_node: Callable[[], Node], args: list[str] | None = None,
         if rclpy.ok():
             raise
     finally:
-        node.close()
+        idle = node.close()
         executor.shutdown()
         faulthandler.dump_traceback_later(teardown_timeout_s, exit=True)
         node.destroy_node()
         rclpy.try_shutdown()
         faulthandler.cancel_dump_traceback_later()
+    if not idle:  # a checkpoint load is still running: end here, not in interpreter finalisation (see above)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

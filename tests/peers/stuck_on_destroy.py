@@ -20,8 +20,8 @@ class StuckOnDestroy(Node):
         self.destroy_timer(self._ready)
         print("spinning", flush=True)
 
-    def close(self) -> None:
-        pass
+    def close(self) -> bool:
+        return True
 
     def destroy_node(self) -> None:
         threading.Event().wait()  # never returns
