@@ -147,6 +147,17 @@ def test_benchmark_decode_paths_agree_with_the_runtime(runtime):
             np.testing.assert_array_equal(decode(pixel_values, ids).numpy(), expected.numpy(), err_msg=name)
 
 
+def test_benchmark_compares_ids_only_over_the_batch_sizes_both_paths_ran():
+    """A batch size one path could not run (out of GPU memory) is left out of the 'same ids' share, not a crash."""
+    from vla_node.bench import _share_of_same_ids
+
+    tokens = np.arange(7)[None, :].repeat(4, axis=0)
+    reference = {"single": tokens[:1], 64: tokens}
+    other = {"single": tokens[:1], 64: np.concatenate([tokens[:1], tokens[1:] + 1]), 256: tokens}
+    assert _share_of_same_ids(reference, reference) == "reference"
+    assert _share_of_same_ids(other, reference) == "40%"  # 2 of 5 frames: the single one and the first of batch 64
+
+
 def test_benchmark_imports_no_ros():
     import subprocess
     import sys
