@@ -23,7 +23,8 @@ def _convert_row(data_dir: Path, out: Path, storage: str, workers: int) -> tuple
     seconds = time.perf_counter() - started
     steps = sum(r.steps for r in result.converted)
     images = sum(r.steps * len(r.cameras) for r in result.converted)
-    return f"convert ({storage}, {workers} worker{'s' if workers > 1 else ''})", seconds, steps / seconds, images / seconds
+    return (f"convert ({storage}, {workers} worker{'s' if workers > 1 else ''})", seconds, steps / seconds,
+            images / seconds)
 
 
 def _replay_row(manifest_dir: Path, rate: float) -> tuple[str, float, float, float]:
@@ -81,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                       + [f"| {name} | {seconds:.2f} | {fps:.1f} | {ips:.1f} |" for name, seconds, fps, ips in rows])
     notes = (f"{args.episodes} synthetic episodes x {args.steps} steps, 256x256 JPEG cameras (2-3 present per "
              "episode). Conversion wall time includes opening the TFDS dataset (TensorFlow graph set-up, ~2 s) and, "
-             "with workers, spawning the processes and importing TensorFlow in each (which dominates at this size: workers pay off only on long runs); frames/s = steps/s, images/s = JPEGs/s. Replay publishes the "
+             "with workers, spawning the processes and importing TensorFlow in each (which dominates at this size: "
+             "workers pay off only on long runs); frames/s = steps/s, images/s = JPEGs/s. Replay publishes the "
              "camera and task topics of every bag in realtime mode at the given rate factor (no nodes).")
     if args.no_record:
         print(table + "\n\n" + notes)

@@ -142,7 +142,8 @@ def _contact_sheet(frames, task_log, actions, facts, config: InspectConfig) -> P
         stamp = stamp_ns(msg)
         tile = Image.fromarray(_decode(msg, msgtype)).resize((TILE, TILE))
         draw = ImageDraw.Draw(tile)
-        lines = [f"frame {index}  t={(stamp - stamp_ns(frames[0][1])) / 1e9:.1f} s", f"task: {_task_at(task_log, log_ns)}"]
+        lines = [f"frame {index}  t={(stamp - stamp_ns(frames[0][1])) / 1e9:.1f} s",
+                 f"task: {_task_at(task_log, log_ns)}"]
         for action in actions.get(stamp, []):
             colour = ACTION_COLOURS.get(action.prompt_mode, PREDICTION_COLOUR)
             dx, dy = action.delta_xyz.x, action.delta_xyz.y

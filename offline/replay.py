@@ -214,8 +214,8 @@ class _Player:
         from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
 
         if topic not in self.publishers:
-            qos = (LATCHED_QOS if msgtype == "std_msgs/msg/String" else SENSOR_QOS if msgtype.startswith("sensor_msgs/msg/")
-                   else RELIABLE_QOS)
+            qos = (LATCHED_QOS if msgtype == "std_msgs/msg/String"
+                   else SENSOR_QOS if msgtype.startswith("sensor_msgs/msg/") else RELIABLE_QOS)
             self.publishers[topic] = self.node.create_publisher(_msg_class(msgtype), topic, qos)
         return self.publishers[topic]
 

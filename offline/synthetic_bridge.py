@@ -149,7 +149,8 @@ def _parse_corrupt(values: list[str]) -> tuple[tuple[str, int], ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="data dir; the dataset goes to OUT/bridge_dataset/1.0.0")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="data dir; the dataset goes to OUT/bridge_dataset/1.0.0")
     parser.add_argument("--episodes", type=int, default=SyntheticConfig.episodes, help="train episodes")
     parser.add_argument("--val-episodes", type=int, default=SyntheticConfig.val_episodes, help="val episodes")
     parser.add_argument("--seed", type=int, default=SyntheticConfig.seed)

@@ -64,7 +64,8 @@ def resolve_version_dir(data_dir: Path) -> Path:
         found = "it contains: " + (", ".join(entries[:20]) + (" ..." if len(entries) > 20 else "") if entries
                                    else "nothing")
     tried = "\n  ".join(str(c / "dataset_info.json") for c in candidates)
-    nearby = sorted(str(p.parent) for pattern in ("*/dataset_info.json", "*/*/dataset_info.json", "*/*/*/dataset_info.json")
+    nearby = sorted(str(p.parent)
+                    for pattern in ("*/dataset_info.json", "*/*/dataset_info.json", "*/*/*/dataset_info.json")
                     for p in data_dir.glob(pattern))[:3] if data_dir.is_dir() else []
     if nearby:
         found += f". TFDS datasets below it: {', '.join(nearby)}"

@@ -202,10 +202,12 @@ def run(args: argparse.Namespace) -> int:
             except Exception as exc:  # noqa: BLE001 - one failing path must not hide the other's numbers
                 rows[path] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
     size = "Qwen2.5-VL-3B sizes, random weights, bf16" if args.full_size else "tiny random Qwen2.5-VL, float32"
-    title = f"supplementor: {size} on {device}, one {args.image_size}x{args.image_size} frame, {args.new_tokens} new tokens"
+    title = (f"supplementor: {size} on {device}, one {args.image_size}x{args.image_size} frame, "
+             f"{args.new_tokens} new tokens")
     notes = ("TTFT = frame in (preprocessing included) -> first generated token. decode tok/s = (new tokens - 1) / "
              "(batch-1 time - TTFT). msgs/s = frames described per second (each exactly the stated new tokens). "
-             "`static` = static KV cache (+ torch.compile/CUDA graphs on CUDA). `fast` = supplementor_node/fast_decode.py "
+             "`static` = static KV cache (+ torch.compile/CUDA graphs on CUDA). "
+             "`fast` = supplementor_node/fast_decode.py "
              "(one attention call per vision block, vision tower and one-token step as CUDA graphs on CUDA, the step "
              "torch.compile'd before capture). Targets (H100, bf16, 256x256): "
              "decode >= 200 tok/s at batch 1, TTFT <= 60 ms.")

@@ -99,7 +99,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class FastQwenGreedy:
-    """``Qwen2_5_VLForConditionalGeneration`` inputs -> greedy new token ids, like ``model.generate(do_sample=False)``."""
+    """``Qwen2_5_VLForConditionalGeneration`` inputs -> greedy new token ids, like
+    ``model.generate(do_sample=False)``."""
 
     def __init__(self, model, use_graphs: bool | None = None, compile_step: bool | None = None,
                  cache_bucket: int = 128, max_graphs: int = 4) -> None:
@@ -243,8 +244,10 @@ class FastQwenGreedy:
         dim = getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads
         dtype = self.text.get_input_embeddings().weight.dtype
         layers = len(self.text.layers)
-        step = _StepGraph([torch.zeros(batch, kv_heads, capacity, dim, dtype=dtype, device=device) for _ in range(layers)],
-                          [torch.zeros(batch, kv_heads, capacity, dim, dtype=dtype, device=device) for _ in range(layers)],
+        step = _StepGraph([torch.zeros(batch, kv_heads, capacity, dim, dtype=dtype, device=device)
+                           for _ in range(layers)],
+                          [torch.zeros(batch, kv_heads, capacity, dim, dtype=dtype, device=device)
+                           for _ in range(layers)],
                           torch.zeros(batch, dtype=torch.long, device=device),
                           torch.zeros(batch, dtype=torch.long, device=device),
                           torch.zeros((), dtype=torch.long, device=device),

@@ -5,8 +5,9 @@ video processor that needs it. The processor's image half is ``Qwen2VLImageProce
 half is the tokenizer plus the rule that each ``<|image_pad|>`` stands for ``grid_t*grid_h*grid_w / merge_size**2``
 visual tokens, plus ``mm_token_type_ids`` (1 on image tokens, 0 on text) as the official processor returns them:
 transformers 5 computes Qwen2.5-VL's 3-D (t, h, w) rotary positions of the image tokens only when they are given, and
-otherwise silently gives the image tokens plain 1-D text positions. This module does exactly that, from the files of the checkpoint directory, so the tiny test model and
-the real ``Qwen/Qwen2.5-VL-3B-Instruct`` directory go through one code path.
+otherwise silently gives the image tokens plain 1-D text positions. This module does exactly that, from the files of
+the checkpoint directory, so the tiny test model and the real ``Qwen/Qwen2.5-VL-3B-Instruct`` directory go through
+one code path.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class QwenVLInputBuilder:
             messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True)
 
     def build(self, prompts: list[Prompt]) -> dict:
-        """Tensors for ``model.generate``: input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw."""
+        """Tensors for ``model.generate``: input_ids, attention_mask, mm_token_type_ids, pixel_values,
+        image_grid_thw."""
         images = self.image_processor([p.image for p in prompts], size=self.size, return_tensors="pt")
         grid = images["image_grid_thw"]
         texts = []

@@ -43,7 +43,8 @@ VLA = NodeSpec(
     module="vla_node.node",
     name="vla",
     params_file="vla.yaml",
-    topic_remaps={"camera_topic": ("camera/image_raw",), "task_topic": ("task",), "facts_topic": ("supplementor/facts",)},
+    topic_remaps={"camera_topic": ("camera/image_raw",), "task_topic": ("task",),
+                  "facts_topic": ("supplementor/facts",)},
 )
 SUITE: tuple[NodeSpec, ...] = (SUPPLEMENTOR, VLA)
 
@@ -58,7 +59,8 @@ TOPIC_ARGUMENTS: dict[str, tuple[str, str]] = {
 PARAMETER_ARGUMENTS: dict[str, tuple[tuple[tuple[str, str], ...], str]] = {
     "supplementor_checkpoint": ((("supplementor", "checkpoint"),), "Qwen2.5-VL checkpoint directory"),
     "vla_checkpoint": ((("vla", "checkpoint"),), "OpenVLA checkpoint directory"),
-    "device": ((("supplementor", "device"), ("vla", "device")), "torch device for both models (auto, cpu, cuda, cuda:N)"),
+    "device": ((("supplementor", "device"), ("vla", "device")),
+               "torch device for both models (auto, cpu, cuda, cuda:N)"),
     "supplementor_device": ((("supplementor", "device"),), "torch device of the supplementor only"),
     "vla_device": ((("vla", "device"),), "torch device of the VLA only"),
     "image_compressed": ((("supplementor", "image_compressed"), ("vla", "image_compressed")),

@@ -13,14 +13,17 @@ import sys
 # command -> (module, one-line help). Keep sorted by pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "check-facts": ("task_supplementor.check_facts", "validate a JSON-lines file of supplementor outputs (E1)"),
-    "make-tiny-models": ("supplementor_node.make_tiny_models", "write the tiny random-weight model checkpoints (tests, demo)"),
-    "make-synthetic-bridge": ("offline.synthetic_bridge", "write a small synthetic BridgeData v2 TFDS dataset (tests, demo)"),
+    "make-tiny-models": ("supplementor_node.make_tiny_models",
+                         "write the tiny random-weight model checkpoints (tests, demo)"),
+    "make-synthetic-bridge": ("offline.synthetic_bridge",
+                              "write a small synthetic BridgeData v2 TFDS dataset (tests, demo)"),
     "convert": ("offline.convert", "convert BridgeData v2 (TFDS/RLDS) episodes to rosbag2, one bag per episode"),
     "inspect": ("offline.inspect_bag", "summarise a rosbag2 (topics, counts, tasks) and draw a contact sheet"),
     "replay": ("offline.replay", "publish bags into the live graph (real time or lockstep) and record the outputs"),
     "up": ("task_supplementor.up", "start both nodes as processes with config/*.yaml (no ros2 launch needed)"),
     "demo": ("task_supplementor.demo", "the main job end to end on synthetic BridgeData v2 and tiny models"),
-    "bench": ("task_supplementor.bench", "benchmarks: bench supplementor | vla | offline (tables -> docs/benchmarks.md)"),
+    "bench": ("task_supplementor.bench",
+              "benchmarks: bench supplementor | vla | offline (tables -> docs/benchmarks.md)"),
 }
 
 

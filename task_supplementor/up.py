@@ -117,9 +117,11 @@ class SuiteProcesses:
 def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
     """The launch file's arguments as options (``--camera-topic``, ``--vla-checkpoint``, ...)."""
     for name, (default, text) in bringup.TOPIC_ARGUMENTS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=default, help=f"{text} (default {default})")
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=default,
+                            help=f"{text} (default {default})")
     for name, (_, text) in bringup.PARAMETER_ARGUMENTS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default="", help=f"{text} (default: the YAML value)")
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default="",
+                            help=f"{text} (default: the YAML value)")
     parser.add_argument("--config-dir", type=Path, default=None,
                         help="directory holding supplementor.yaml and vla.yaml (default: the package's config/)")
 

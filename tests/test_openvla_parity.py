@@ -1,7 +1,7 @@
 """Parity of the native OpenVLA runtime with the official code's outputs on the tiny fixture (FIXTURE.md).
 
-The fixture (a tiny checkpoint saved by the official code, and its outputs) is vendored in tests/fixtures/openvla_parity,
-so CI always runs these tests; without it they skip with the reason.
+The fixture (a tiny checkpoint saved by the official code, and its outputs) is vendored in
+tests/fixtures/openvla_parity, so CI always runs these tests; without it they skip with the reason.
 Tolerances are FIXTURE.md's suggested float32 acceptance: pixels exact, features/logits 1e-4, ids and actions exact.
 """
 

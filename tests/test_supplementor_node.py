@@ -52,7 +52,8 @@ class Harness:
         self.node, self.ns, self.compressed = node, ns, compressed
         self.task_text = TASK
         self.received = Received()
-        image_type, topic = (CompressedImage, "camera/image_raw/compressed") if compressed else (Image, "camera/image_raw")
+        image_type, topic = ((CompressedImage, "camera/image_raw/compressed") if compressed
+                             else (Image, "camera/image_raw"))
         self.image_pub = node.create_publisher(image_type, f"{ns}/{topic}", SENSOR_QOS)
         self.task_pub = node.create_publisher(String, f"{ns}/task", LATCHED_QOS)
         node.create_subscription(VisualFacts, f"{ns}/supplementor/facts", self._on_facts, RELIABLE_QOS)

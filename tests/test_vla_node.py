@@ -61,8 +61,10 @@ class Harness:
 
     def set(self, **values):
         """Set parameters through the service; returns the SetParametersResult list."""
-        kinds = {bool: ("bool_value", ParameterType.PARAMETER_BOOL), int: ("integer_value", ParameterType.PARAMETER_INTEGER),
-                 float: ("double_value", ParameterType.PARAMETER_DOUBLE), str: ("string_value", ParameterType.PARAMETER_STRING)}
+        kinds = {bool: ("bool_value", ParameterType.PARAMETER_BOOL),
+                 int: ("integer_value", ParameterType.PARAMETER_INTEGER),
+                 float: ("double_value", ParameterType.PARAMETER_DOUBLE),
+                 str: ("string_value", ParameterType.PARAMETER_STRING)}
         params = []
         for name, value in values.items():
             field, kind = kinds[type(value)]

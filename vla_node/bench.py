@@ -13,9 +13,10 @@ Each timed call is a whole frame: image preprocessing, vision towers, projector,
 un-normalisation. "frames/s, stream": a run of batched calls, each batch's preprocessing overlapped with the previous
 batch's GPU work where the path allows it (``native-graphed`` through :meth:`OpenVLARuntime.predict_stream`, which
 users call; the other paths have no asynchronous call and run one batch after another). "model-only": the same batched
-call on inputs already preprocessed and on the device. ``--full-size`` builds the OpenVLA-7B architecture (DINOv2-L + SigLIP-so400m + Llama-2-7B) with
-random weights directly on the GPU in bf16 (no 15 GB CPU init); the compute is the real model's. Without it, the tiny
-random checkpoint (official layout) runs on CPU. Imports no ROS: it runs on a bare GPU machine.
+call on inputs already preprocessed and on the device. ``--full-size`` builds the OpenVLA-7B architecture (DINOv2-L +
+SigLIP-so400m + Llama-2-7B) with random weights directly on the GPU in bf16 (no 15 GB CPU init); the compute is the
+real model's. Without it, the tiny random checkpoint (official layout) runs on CPU. Imports no ROS: it runs on a bare
+GPU machine.
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ whose logits are read (:func:`_last_prefill_layer`, ~1/32 of the prefill); and b
 tokens instead of 16.
 
 Fixed shapes make that possible: the prompt is right-padded (``[first][patches][rest][padding]``), so the real tokens
-keep exactly the positions and keys of the runtime's layout and the prefill is plain causal attention (flash kernel,
-no mask); decode steps mask the padding slots. Graphs (each with its own K/V buffers) are kept per frame shape, the
-least recently used dropped beyond ``max_graphs``. On CPU (or a model split over devices) the same code runs eagerly,
-which the tests compare with :meth:`OpenVLARuntime.generate`.
+keep exactly the positions and keys of the runtime's layout and the prefill is plain causal attention (a fused SDPA
+kernel, no mask); decode steps mask the padding slots. Graphs (each with its own K/V buffers) are kept per frame
+shape, the least recently used dropped beyond ``max_graphs``. On CPU (or a model split over devices) the same code
+runs eagerly, which the tests compare with :meth:`OpenVLARuntime.generate`.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def _decoder_layer(hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, a
     q, k, v = _rotate(_heads(q, heads), cos, sin), _rotate(_heads(k, kv_heads), cos, sin), _heads(v, kv_heads)
     keys.index_copy_(2, slots, k)
     values.index_copy_(2, slots, v)
-    if attend is None:  # prefill: the tokens attend causally among themselves (flash kernel)
+    if attend is None:  # prefill: the tokens attend causally among themselves (SDPA picks cuDNN on Hopper)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=heads != kv_heads)
     else:
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, enable_gqa=heads != kv_heads)
@@ -192,7 +192,8 @@ class GraphedGreedyDecoder:
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         config = self.llm.config
-        if config.hidden_act != "silu" or getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        if (config.hidden_act != "silu" or getattr(config, "attention_bias", False)
+                or getattr(config, "mlp_bias", False)):
             raise ValueError("GraphedGreedyDecoder writes out Llama layers: SiLU MLP, no biases")
         self._eps = float(self.llm.model.layers[0].input_layernorm.variance_epsilon)
         self._heads, self._kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -207,7 +208,8 @@ class GraphedGreedyDecoder:
         # Llama layers: dynamic=None (automatic) specialises on the first shape and, once a second prompt width or
         # batch size appears, builds one kernel set generic in those dims, so later shapes cost only a graph capture
         # (~0.7 s at 7B, batch 1) instead of a recompile (~5 s), at the same speed (H100, batch 64: 492.5 vs 489.0
-        # ms). ViT blocks: static; automatic would make the hidden width generic once the second tower (another width) runs.
+        # ms). ViT blocks: static; automatic would make the hidden width generic once the second tower (of another
+        # width) runs.
         compiled = (lambda fn, dynamic: torch.compile(fn, dynamic=dynamic)) if compile_layers else (  # noqa: E731
             lambda fn, dynamic: fn)
         self._layer_fn = compiled(_decoder_layer, None)
@@ -248,7 +250,7 @@ class GraphedGreedyDecoder:
         """Embeddings (B, T, H) -> greedy token (B,) after the last position (decode) or at ``last`` (prefill).
 
         Each layer writes its keys/values at ``slots`` of the buffers. Prefill (``attend`` None): causal over the
-        ``hidden`` tokens themselves (flash kernel), the last layer only at ``last``; decode: ``attend`` is a
+        ``hidden`` tokens themselves (fused SDPA kernel), the last layer only at ``last``; decode: ``attend`` is a
         (B, 1, 1, S) boolean mask over the whole buffer.
         """
         cos, sin = self.llm.model.rotary_emb(embeds, positions)

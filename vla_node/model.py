@@ -19,7 +19,8 @@ TOWER_NAMES = ("featurizer", "fused_featurizer")
 
 
 class FusedVisionBackbone(nn.Module):
-    """Runs each tower on its own 3 channels of the stacked (B, 3*n, H, W) input; concatenates features, DINOv2 first."""
+    """Runs each tower on its own 3 channels of the stacked (B, 3*n, H, W) input; concatenates features, DINOv2
+    first."""
 
     def __init__(self, config: OpenVLAConfig) -> None:
         super().__init__()

@@ -79,7 +79,8 @@ _ACTION_ADVICE = [
                               r"please")),
     ("sequencing", re.compile(r"\b(?:next(?!\s+to\b)|then|afterwards|step \d+)\b", re.IGNORECASE)),
     ("imperative", _IMPERATIVE),
-    ("robot motion", re.compile(rf"\b(?:{_ROBOT_VERBS}|{_DUAL_VERBS})\s+(?:the\s+)?(?:gripper|arm|robot|end[- ]effector)\b|"
+    ("robot motion", re.compile(rf"\b(?:{_ROBOT_VERBS}|{_DUAL_VERBS})\s+(?:the\s+)?"
+                                r"(?:gripper|arm|robot|end[- ]effector)\b|"
                                 r"\b(?:move|go|rotate|turn|shift)\s+(?:left|right|up|down|forward|backward|"
                                 r"closer|away|toward\w*)\b", re.IGNORECASE)),
 ]

@@ -69,7 +69,8 @@ def preflight(spec: PolicySpec, unnorm_key: str | None = None) -> None:
 
 
 def resolve_device_dtype(spec: PolicySpec):
-    """The device name and torch dtype of ``spec`` (``auto`` resolved by :func:`task_supplementor.devices.resolve_auto`)."""
+    """The device name and torch dtype of ``spec`` (``auto`` resolved by
+    :func:`task_supplementor.devices.resolve_auto`)."""
     import torch
 
     device, dtype = resolve_auto(spec.device, spec.dtype)
