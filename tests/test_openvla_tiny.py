@@ -147,15 +147,33 @@ def test_benchmark_decode_paths_agree_with_the_runtime(runtime):
             np.testing.assert_array_equal(decode(pixel_values, ids).numpy(), expected.numpy(), err_msg=name)
 
 
-def test_benchmark_compares_ids_only_over_the_batch_sizes_both_paths_ran():
-    """A batch size one path could not run (out of GPU memory) is left out of the 'same ids' share, not a crash."""
-    from vla_node.bench import _share_of_same_ids
+def test_benchmark_keeps_the_other_numbers_when_a_batch_size_runs_out_of_gpu_memory(monkeypatch, capsys):
+    """An out-of-memory batch size (plain generate at a batch the graphed path fits) marks its cell only: the path's
+    other numbers stay, and 'same ids' compares the batch sizes both paths ran. The OOM is injected (a CPU has none)."""
+    import argparse
 
-    tokens = np.arange(7)[None, :].repeat(4, axis=0)
-    reference = {"single": tokens[:1], 64: tokens}
-    other = {"single": tokens[:1], 64: np.concatenate([tokens[:1], tokens[1:] + 1]), 256: tokens}
-    assert _share_of_same_ids(reference, reference) == "reference"
-    assert _share_of_same_ids(other, reference) == "40%"  # 2 of 5 frames: the single one and the first of batch 64
+    from vla_node import bench
+
+    measure = bench._measure_path
+
+    def out_of_memory_at_4(runtime, path, decode, images, prompts, iters, warmup):
+        if path == "native" and len(images) == 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return measure(runtime, path, decode, images, prompts, iters, warmup)
+
+    monkeypatch.setattr(bench, "_measure_path", out_of_memory_at_4)
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--device", "cpu", "--batch", "2", "4", "--iters", "2", "--warmup", "1",
+                              "--paths", "native-graphed,native", "--no-record"])
+    assert bench.run(args) == 0
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| native")}
+    graphed, native = rows["native-graphed"], rows["native"]
+    assert "/" in graphed[1] and "/" in graphed[2] and graphed[3] == "reference"
+    assert float(native[0]) > 0 and "/" in native[1]
+    assert native[2] == "out of GPU memory"
+    assert native[3] == "100%"  # the batch-1 frame and batch 2: on CPU both paths give the same tokens
 
 
 def test_benchmark_imports_no_ros():

@@ -190,12 +190,6 @@ def _share_of_same_ids(ids: dict[int | str, np.ndarray], reference: dict[int | s
     return f"{same.mean() * 100:.0f}%"
 
 
-def _release_gpu_memory() -> None:
-    """After an out-of-memory batch: drop what it left so the next batch size starts from the same state."""
-    gc.collect()
-    torch.cuda.empty_cache()
-
-
 def run(args: argparse.Namespace) -> int:
     from task_supplementor.bench import record_table
 
@@ -226,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 except torch.cuda.OutOfMemoryError:  # e.g. plain generate at a batch the graphed path still fits
                     cells.append("out of GPU memory")
-                _release_gpu_memory()  # out here, the handler's traceback no longer holds the batch's tensors
+                gc.collect()  # after the handler, whose traceback held the failed batch's tensors: the next
+                torch.cuda.empty_cache()  # batch size starts from the same free memory
             reference = ids if reference is None else reference
             rows.append(f"| {path} | {' | '.join(cells)} | {_share_of_same_ids(ids, reference)} |")
         except Exception as error:  # noqa: BLE001 - one failing path must not hide the others' numbers
