@@ -96,8 +96,6 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
         if not any(PARAMETERS[name].group == "model" for name in changes):
             return SetParametersResult(successful=True)
         cfg = self._describer_config(changes)
-        if cfg == self._describer_config({}) and (self._slot.current[0] is not None or self._slot.busy):
-            return SetParametersResult(successful=True)   # nothing to reload
         reason = self._slot.check(cfg)
         if reason:
             self.get_logger().error(f"rejected parameter change {changes}: {reason}; the current model keeps serving")

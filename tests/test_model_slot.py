@@ -78,3 +78,50 @@ def test_newest_waiting_request_wins(gate_slot):
     gate.release.set()
     assert slot.wait_idle(5)
     assert slot.current == ("model:c", "id-c") and slot.swaps == 2
+
+
+def test_a_failed_spec_loads_when_asked_again():
+    """Retrying the checkpoint whose load failed (files fixed meanwhile) must load it, not be taken as 'no change'."""
+    attempts: list[str] = []
+    fixed = threading.Event()
+
+    def load(spec: str) -> str:
+        attempts.append(spec)
+        if spec == "b" and not fixed.is_set():
+            raise OSError("model-00002-of-00003.safetensors is missing")
+        return f"model:{spec}"
+
+    slot: ModelSlot[str, str] = ModelSlot(load, name=lambda s: f"id-{s}")
+    try:
+        slot.request("a")
+        assert slot.wait_idle(5)
+        slot.request("b")
+        assert slot.wait_idle(5) and slot.current == ("model:a", "id-a") and slot.target == "a" and slot.last_error
+        fixed.set()
+        slot.request("b")
+        assert slot.wait_idle(5)
+        assert slot.current == ("model:b", "id-b") and slot.last_error == "" and attempts == ["a", "b", "b"]
+    finally:
+        slot.close()
+
+
+def test_asking_for_what_serves_or_is_on_its_way_loads_nothing(gate_slot):
+    gate, slot = gate_slot
+    gate.release.set()
+    slot.request("a")
+    assert slot.wait_idle(5)
+    slot.request("bad")
+    assert slot.wait_idle(5) and "id-bad" in slot.last_error
+    slot.request("a")  # back to the serving model: nothing to load, the failed swap is no longer wanted
+    assert not slot.busy and slot.last_error == "" and slot.swaps == 1
+    gate.release.clear()
+    slot.request("b")
+    while slot.loading != "b":
+        pass
+    slot.request("b")  # already loading
+    assert slot.target == "b"
+    slot.request("a")  # back to "a" while "b" loads: "b" lands, then "a" loads again
+    assert slot.target == "a"
+    gate.release.set()
+    assert slot.wait_idle(5)
+    assert slot.current == ("model:a", "id-a") and slot.swaps == 3

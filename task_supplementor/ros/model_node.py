@@ -87,7 +87,12 @@ class ModelNode(Node, Generic[S, T]):
         self._slot.request(spec)
 
     def _on_slot_event(self, level: str, text: str) -> None:
-        (self.get_logger().error if level == "error" else self.get_logger().info)(text)
+        # two call sites on purpose: rclpy refuses a second severity at one call site (ValueError), which would
+        # kill the loader thread on the first failed load and leave every later swap ignored
+        if level == "error":
+            self.get_logger().error(text)
+        else:
+            self.get_logger().info(text)
         with self._cond:
             self._cond.notify_all()  # a model that just arrived may unblock the worker
 

@@ -33,6 +33,7 @@ class ModelSlot(Generic[S, T]):
         self._load, self._name, self._preflight = load, name, preflight
         self._on_event = on_event or (lambda level, text: None)
         self._current: tuple[T | None, str] = (None, "")
+        self._current_spec: S | None = None
         self._wanted: S | None = None
         self._loading: S | None = None
         self._cond = threading.Condition()
@@ -58,6 +59,16 @@ class ModelSlot(Generic[S, T]):
         """The spec being loaded right now, if any."""
         return self._loading
 
+    @property
+    def target(self) -> S | None:
+        """The spec the slot is heading for: the newest one requested (waiting or loading), else the serving one.
+
+        WHY: a parameter set asks "does this change anything?"; comparing against the parameter's previous value gets
+        it wrong after a failed load (the parameter then names the failed spec, so retrying it would be ignored).
+        """
+        with self._cond:
+            return next((s for s in (self._wanted, self._loading, self._current_spec) if s is not None), None)
+
     def check(self, spec: S) -> str | None:
         """The reason ``spec`` is rejected, or None when it is worth loading."""
         if self._preflight is None:
@@ -69,8 +80,19 @@ class ModelSlot(Generic[S, T]):
         return None
 
     def request(self, spec: S) -> None:
-        """Load ``spec`` in the background. A newer request replaces one still waiting (not one already loading)."""
+        """Load ``spec`` in the background. A newer request replaces one still waiting (not one already loading).
+
+        Asking for the spec already on its way does nothing; asking for the serving spec with nothing on its way
+        only forgets the failure of an earlier swap (the user went back, so it is no longer wanted). A spec whose load
+        failed is loaded again when asked for again (the files may have been fixed meanwhile).
+        """
         with self._cond:
+            on_its_way = self._wanted if self._wanted is not None else self._loading
+            if on_its_way is not None and spec == on_its_way:
+                return
+            if on_its_way is None and spec == self._current_spec:
+                self.last_error = ""
+                return
             self._wanted = spec
             self._cond.notify_all()
 
@@ -105,6 +127,10 @@ class ModelSlot(Generic[S, T]):
                 if self._closed:
                     return
                 spec, self._wanted, self._loading = self._wanted, None, self._wanted
+                if spec == self._current_spec:  # asked back to the serving spec while another was loading
+                    self._loading, self.last_error = None, ""
+                    self._cond.notify_all()
+                    continue
             name = self._name(spec)
             self._on_event("info", f"loading model {name} in the background")
             start = time.monotonic()
@@ -115,7 +141,8 @@ class ModelSlot(Generic[S, T]):
                 self.last_error = f"loading {name} failed ({type(exc).__name__}: {exc}); still serving {serving}"
                 self._on_event("error", self.last_error)
             else:
-                self._current = (model, name)
+                with self._cond:
+                    self._current, self._current_spec = (model, name), spec
                 self.swaps += 1
                 self.last_error = ""
                 self._on_event("info", f"now serving {name} (loaded in {time.monotonic() - start:.1f} s)")
