@@ -8,6 +8,8 @@ per frame, so each stamp yields at most one action.
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 import time
 
@@ -37,7 +39,9 @@ class Harness:
         self.node, self.checkpoint = node, checkpoint
         self.lock = threading.Lock()
         self.actions: list[WidowXAction] = []
+        self.received_at: list[float] = []  # monotonic receive time of each action (same clock as the node's)
         self.diagnostics: dict[str, str] = {}
+        self.diagnostics_at = 0.0
         self.image_pub = node.create_publisher(Image, "camera/image_raw", SENSOR_QOS)
         self.task_pub = node.create_publisher(String, "task", LATCHED_QOS)
         self.facts_pub = node.create_publisher(VisualFacts, "supplementor/facts", RELIABLE_QOS)
@@ -49,12 +53,14 @@ class Harness:
     def _on_action(self, msg: WidowXAction) -> None:
         with self.lock:
             self.actions.append(msg)
+            self.received_at.append(time.monotonic())
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
             if status.name.endswith("/vla: actions"):
                 with self.lock:
                     self.diagnostics = {kv.key: kv.value for kv in status.values}
+                    self.diagnostics_at = time.monotonic()
 
     def wait_for(self, predicate, timeout: float, publish=None, period: float = 0.1):
         return poll(predicate, timeout, publish, period)
@@ -246,4 +252,68 @@ def test_live_policy_swap_under_continuous_frames(vla: Harness, tiny_models):
     assert seen[-1] == other, f"the new policy never served: {seen}"
     assert set(seen) <= {vla.checkpoint, other}
     assert vla.set(checkpoint=vla.checkpoint)[0].successful  # back, for the tests that follow
+    assert vla.wait_for(lambda: (a := vla.act(next(stamps))) is not None and a.policy_id == vla.checkpoint, 60)
+
+
+def test_latency_percentiles_and_achieved_rate_in_diagnostics(vla: Harness):
+    """p50/p95 are over the last 200 published latencies (the messages carry each one); rate_hz over the last 10 s."""
+    control_rate_hz = 10.0
+    deadline, sec = time.monotonic() + 4.0, 800
+    while time.monotonic() < deadline:  # a new frame every 50 ms: the 10 Hz timer is the limit
+        vla.image_pub.publish(vla.frame(sec))
+        sec += 1
+        time.sleep(0.05)
+    time.sleep(0.5)  # the last inference lands
+    published = vla.counter("actions_published")
+    with vla.lock:
+        diag, diag_at, received = dict(vla.diagnostics), vla.diagnostics_at, list(vla.received_at)
+        latencies = [a.latency_s for a in vla.actions]
+    assert published == len(latencies), "the test missed actions: the percentiles below would not be comparable"
+    window = latencies[-200:]
+    assert float(diag["latency_p50_s"]) == pytest.approx(np.percentile(window, 50), abs=1e-4)
+    assert float(diag["latency_p95_s"]) == pytest.approx(np.percentile(window, 95), abs=1e-4)
+    recent = [t for t in received if diag_at - 10.0 <= t <= diag_at]
+    expected_hz = (len(recent) - 1) / (recent[-1] - recent[0])
+    assert 5.0 < float(diag["rate_hz"]) <= control_rate_hz * 1.05
+    assert float(diag["rate_hz"]) == pytest.approx(expected_hz, rel=0.15)
+
+
+def _checkpoint_copy(source: str, out, extra_key: str, constant_action: list[float]) -> None:
+    """A copy of ``source`` whose norm_stats also hold ``extra_key``: q01 = q99 = ``constant_action`` on the masked
+    dims, so every action un-normalised with that key equals it there, whatever the tokens."""
+    shutil.copytree(source, out)
+    config = json.loads((out / "config.json").read_text())
+    stats = json.loads(json.dumps(config["norm_stats"]["bridge_orig"]))
+    stats["action"]["q01"] = stats["action"]["q99"] = constant_action
+    config["norm_stats"][extra_key] = stats
+    (out / "config.json").write_text(json.dumps(config))
+
+
+def test_failed_swap_keeps_policy_and_key_then_a_retry_loads_with_the_new_key(vla: Harness, tmp_path):
+    """A checkpoint that passes the quick check but fails to load (a shard missing) leaves the old policy serving
+    with its own unnorm key (the new key, which the old checkpoint lacks, waits for the new policy); setting the same
+    checkpoint again once the files are fixed loads it, and its actions use the new key."""
+    other = tmp_path / "openvla_c"
+    constant = [0.01, -0.02, 0.03, -0.04, 0.05, -0.06, 0.0]
+    _checkpoint_copy(vla.checkpoint, other, "only_in_c", constant)
+    shard = other / "model-00002-of-00003.safetensors"
+    shard.rename(tmp_path / shard.name)
+    errors_before = vla.counter("inference_errors")
+    results = vla.set(checkpoint=str(other), unnorm_key="only_in_c")  # in this order: the key goes with "other"
+    assert [r.successful for r in results] == [True, True], [r.reason for r in results]
+    failed = vla.wait_for(lambda: str(other) in vla.diagnostics.get("last_error", ""), 60)
+    assert failed, f"the broken checkpoint's load error never showed: {vla.diagnostics}"
+    action = vla.act(900)
+    assert action is not None and action.policy_id == vla.checkpoint
+    assert vla.diagnostics["unnorm_key"] == "bridge_orig"
+    assert vla.counter("inference_errors") == errors_before
+    (tmp_path / shard.name).rename(shard)
+    assert vla.set(checkpoint=str(other))[0].successful  # the same value again: a retry
+    stamps = iter(range(901, 1000))
+    served = vla.wait_for(lambda: (a := vla.act(next(stamps))) is not None and a.policy_id == str(other) and a, 60)
+    assert served, f"the fixed checkpoint was never loaded: {vla.diagnostics}"
+    np.testing.assert_allclose(np.array(served.raw[:6]), constant[:6], atol=1e-6)
+    assert vla.counter("inference_errors") == errors_before
+    # back, for tests that follow: the key first (it goes with the serving "other"), then the checkpoint
+    assert all(r.successful for r in vla.set(unnorm_key="bridge_orig", checkpoint=vla.checkpoint))
     assert vla.wait_for(lambda: (a := vla.act(next(stamps))) is not None and a.policy_id == vla.checkpoint, 60)

@@ -5,8 +5,10 @@ timer at ``control_rate_hz`` wakes one dedicated inference thread, so a slow pol
 frames that arrive meanwhile replace each other (counted). Each frame is acted on at most once; a tick with no new
 frame is counted as idle. The policy lives in a :class:`ModelSlot`: ``checkpoint``/``backend``/``device``/``dtype``
 changes are checked in the set-parameters callback (bad path or an ``unnorm_key`` the checkpoint lacks is rejected
-with the list of available keys) and loaded in the background while the old policy keeps serving. Prompt
-parameters take effect on the next frame.
+with the list of available keys) and loaded in the background while the old policy keeps serving. The
+``unnorm_key`` belongs to a checkpoint: set with a new checkpoint, it takes effect when that policy starts serving
+(the old one keeps its own key meanwhile, and for good if the load fails); set alone, it goes with the checkpoint on
+its way in, else the serving one. Prompt parameters take effect on the next frame.
 
 Facts (``supplement``/``placeholder`` modes): the newest valid facts for the current task stamped no later than the
 frame; their age is frame stamp - facts stamp (deterministic under replay). Older than ``facts_max_age_s`` (or none):
@@ -30,6 +32,7 @@ from task_supplementor_msgs.msg import VisualFacts, WidowXAction
 
 from task_supplementor.devices import DTYPES
 from task_supplementor.ros.camera import CameraFrame, CameraInput
+from task_supplementor.ros.diagnostics import RollingRate
 from task_supplementor.ros.model_node import ModelNode
 from task_supplementor.ros.params import ParamSpec
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS
@@ -106,7 +109,8 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         self._stale_counted_stamp: int | None = None
         self._facts: deque[VisualFacts] = deque(maxlen=_FACTS_KEPT)
         self._ticks = 0
-        self._published: deque[float] = deque(maxlen=50)
+        self._action_rate = RollingRate(window_s=10.0)
+        self._unnorm_keys: dict[str, str] = {}  # checkpoint -> the unnorm key its actions are un-normalised with
 
         self._action_pub = self.create_publisher(WidowXAction, "~/action", RELIABLE_QOS)
         CameraInput(self, self.health, self._param("image_compressed"), self._on_frame)
@@ -117,7 +121,10 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         if not self._param("dry_run"):
             self.get_logger().warning("dry_run is false: actions are published for execution on hardware")
 
-        self._load_initial_model(self._policy_spec({}), "/path/to/openvla-7b", self._check_changes({}))
+        problem = self._check_changes({})
+        if problem is None and self._param("checkpoint"):
+            self._unnorm_keys[self._param("checkpoint")] = self._param("unnorm_key")
+        self._load_initial_model(self._policy_spec({}), "/path/to/openvla-7b", problem)
         self._start_worker("vla-inference")
 
     # ---- parameters and policies ----------------------------------------------------------------------------
@@ -131,6 +138,17 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
                             placeholder_kind=self._value("placeholder_kind", overrides),
                             placeholder_seed=int(self._value("placeholder_seed", overrides)))
 
+    def _unnorm_key_owner(self, changes: dict[str, Any]) -> str:
+        """The checkpoint whose ``norm_stats`` the ``unnorm_key`` after ``changes`` is for.
+
+        A policy change brings its own checkpoint; a key set alone goes with the policy on its way in (or serving).
+        WHY not simply the ``checkpoint`` parameter: after a failed swap it names a checkpoint that is not serving.
+        """
+        target = self._slot.target
+        if target is None or any(PARAMETERS[name].group == "policy" for name in changes):
+            return self._policy_spec(changes).checkpoint
+        return target.checkpoint
+
     def _check_changes(self, changes: dict[str, Any]) -> str | None:
         """The reason to reject ``changes``, or None. Cheap: reads the checkpoint's config.json at most."""
         try:
@@ -138,9 +156,9 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
             policy = self._value("stale_facts_policy", changes)
             if policy not in STALE_POLICIES:
                 return f"stale_facts_policy {policy!r} is not one of {', '.join(STALE_POLICIES)}"
-            spec = self._policy_spec(changes)
-            if spec.checkpoint:
-                check_unnorm_key(norm_stats_of(spec.checkpoint), self._value("unnorm_key", changes), spec.checkpoint)
+            owner = self._unnorm_key_owner(changes)
+            if owner:
+                check_unnorm_key(norm_stats_of(owner), self._value("unnorm_key", changes), owner)
         except ValueError as error:
             return str(error)
         return None
@@ -150,14 +168,18 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         changes = {p.name: p.value for p in params if p.name in PARAMETERS}
         reason = self._check_changes(changes)
         spec = self._policy_spec(changes)
-        if reason is None and spec.checkpoint and any(PARAMETERS[n].group == "policy" for n in changes):
-            if spec != self._policy_spec({}) or (self._slot.current[0] is None and not self._slot.busy):
-                reason = self._slot.check(spec)
-                if reason is None:
-                    self._request_model(spec)
+        owner = self._unnorm_key_owner(changes)
+        policy_changed = bool(spec.checkpoint) and any(PARAMETERS[n].group == "policy" for n in changes)
+        if reason is None and policy_changed:
+            reason = self._slot.check(spec)
         if reason:
             self.get_logger().error(f"rejected parameter change {changes}: {reason}")
             return SetParametersResult(successful=False, reason=reason)
+        if owner and (policy_changed or "unnorm_key" in changes):
+            # recorded before the load is requested, so the key is there the moment the policy starts serving
+            self._unnorm_keys[owner] = self._value("unnorm_key", changes)
+        if policy_changed:
+            self._request_model(spec)
         if any(PARAMETERS[n].group == "fusion" for n in changes):
             self._fusion = self._fusion_config(changes)
         if "control_rate_hz" in changes:
@@ -249,7 +271,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         while (job := self._next_job()) is not None:
             frame, task, choice = job
             policy, policy_id = self._slot.current
-            unnorm_key = self._param("unnorm_key")
+            unnorm_key = self._unnorm_keys[policy_id]
             try:
                 prompt = self._fuser(policy).build(task, choice.supplement, frame.stamp_ns, mode=choice.mode)
                 raw = policy.predict([frame.rgb], [prompt.text], unnorm_key)[0]
@@ -265,7 +287,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
             if not self._publish_result(self._action_pub,
                                         self._action_msg(frame, clipped, prompt.mode, policy_id, choice, latency)):
                 return
-            self._published.append(time.monotonic())
+            self._action_rate.tick()
             self.health.latency.add(latency)
             self.health.count("actions_published")
             self.health.count(f"actions_mode.{prompt.mode}")
@@ -283,13 +305,10 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
             latency_s=float(latency))
 
     # ---- diagnostics --------------------------------------------------------------------------------------------
-    def _rate_hz(self) -> float:
-        stamps = [t for t in self._published if t > time.monotonic() - 10.0]
-        return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else 0.0
-
     def _diagnostic_fields(self) -> dict[str, str]:
-        return {"prompt_mode": self._fusion.mode, "unnorm_key": self._param("unnorm_key"),
-                "dry_run": str(self._param("dry_run")).lower(), "rate_hz": f"{self._rate_hz():.2f}"}
+        _, policy_id = self._slot.current
+        return {"prompt_mode": self._fusion.mode, "unnorm_key": self._unnorm_keys.get(policy_id, ""),
+                "dry_run": str(self._param("dry_run")).lower(), "rate_hz": f"{self._action_rate.hz():.2f}"}
 
 
 def main(args: list[str] | None = None) -> int:

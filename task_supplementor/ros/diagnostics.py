@@ -7,6 +7,7 @@ most recent samples shows what the node does now.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 
 import numpy as np
@@ -29,6 +30,35 @@ class RollingLatency:
         with self._lock:
             samples = list(self._samples)
         return float(np.percentile(samples, q)) if samples else float("nan")
+
+
+class RollingRate:
+    """Events per second over the last ``window_s`` seconds (0 with fewer than two events in it); thread-safe.
+
+    WHY a time window and not a count: "rate achieved" must fall to 0 when the node stops publishing, not keep
+    reporting the rate of the last burst.
+    """
+
+    def __init__(self, window_s: float = 10.0):
+        self._window_s = window_s
+        self._times: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._times.append(now)
+            self._forget_before(now - self._window_s)
+
+    def hz(self) -> float:
+        with self._lock:
+            self._forget_before(time.monotonic() - self._window_s)
+            first, last, n = (self._times[0], self._times[-1], len(self._times)) if self._times else (0.0, 0.0, 0)
+        return (n - 1) / (last - first) if n > 1 and last > first else 0.0
+
+    def _forget_before(self, oldest: float) -> None:
+        while self._times and self._times[0] < oldest:
+            self._times.popleft()
 
 
 class Health:
