@@ -63,11 +63,15 @@ def test_last_logits_effective_and_raw_prompts(runtime, cases, pixel_values):
     for i, ids in enumerate(prompts(cases)):
         effective = with_empty_token(ids)
         assert effective == cases[f"case{i}_effective_input_ids"].tolist()
-        logits = runtime.prefill(pixel_values[i:i + 1], [effective]).logits[0, -1].numpy()
+        prefill = runtime.prefill(pixel_values[i:i + 1], [effective])
+        assert prefill.attention_mask.shape[1] == cases["seq_len"][i]
+        assert prefill.attention_mask.shape[1] - len(effective) == cases["num_patch_tokens"][i]
+        logits = prefill.logits[0, -1].numpy()
         np.testing.assert_allclose(logits, cases["last_logits"][i], atol=ATOL, rtol=0)
         assert logits.argmax() == cases["last_argmax"][i]
-        raw = runtime.prefill(pixel_values[i:i + 1], [ids]).logits[0, -1].numpy()
-        np.testing.assert_allclose(raw, cases["raw_last_logits"][i], atol=ATOL, rtol=0)
+        raw_prefill = runtime.prefill(pixel_values[i:i + 1], [ids])
+        assert raw_prefill.attention_mask.shape[1] == cases["raw_seq_len"][i]
+        np.testing.assert_allclose(raw_prefill.logits[0, -1].numpy(), cases["raw_last_logits"][i], atol=ATOL, rtol=0)
 
 
 def test_teacher_forced_logits(runtime, cases, pixel_values):
@@ -113,4 +117,5 @@ def test_decode_tables(runtime, cases):
     generated = no_mask.decode(cases["generated_ids"], "nomask")
     np.testing.assert_array_equal(generated, cases["actions_nomask_key"])
     np.testing.assert_array_equal(np.array(stats["q01"]), cases["norm_q01"])
+    np.testing.assert_array_equal(np.array(stats["q99"]), cases["norm_q99"])
     np.testing.assert_array_equal(np.array(stats["mask"]), cases["norm_mask"])

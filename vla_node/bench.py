@@ -4,7 +4,8 @@ Paths (same model, same inputs, same run):
 
 - ``hf-generate``: our prefill embeddings handed to transformers' ``LlamaForCausalLM.generate`` (greedy, dynamic
   cache): the plain ``generate``-based way, as the official ``predict_action`` decodes.
-- ``native``: the runtime's own decode loop (dynamic cache), what the node uses by default.
+- ``native``: the runtime's own decode loop (dynamic cache), what the node uses on CPU and with a model split over
+  two GPUs.
 - ``native-graphed``: :class:`vla_node.fast_decode.GraphedGreedyDecoder`, what the node's runtime uses on one CUDA
   device: the whole frame (vision, prefill into a static cache, 7 greedy steps) replayed as one CUDA graph per
   (batch, prompt-length bucket); on CPU the same fixed-shape code runs eagerly.

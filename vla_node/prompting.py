@@ -12,11 +12,6 @@ from collections.abc import Sequence
 EMPTY_TOKEN_ID = 29871  # Llama-2's "▁"
 
 OPENVLA_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
-OPENVLA_V01_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-                      "helpful, detailed, and polite answers to the user's questions.")
-OPENVLA_V01_TEMPLATE = OPENVLA_V01_SYSTEM + " USER: What action should the robot take to {instruction}? ASSISTANT:"
-
-TEMPLATES = {"openvla": OPENVLA_TEMPLATE, "openvla-v01": OPENVLA_V01_TEMPLATE}
 
 
 def official_prompt(instruction: str, template: str = OPENVLA_TEMPLATE) -> str:
