@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
@@ -95,3 +98,20 @@ def test_unknown_and_empty_compressed_data(rgb):
 def test_corrupt_jpeg_body_is_rejected():
     data = b"\xff\xd8" + b"\x00" * 100 + b"\xff\xd9"
     assert _kind(compressed_imgmsg_to_rgb, CompressedImage(format="jpeg", data=data)) == "corrupt"
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_headers_claiming_huge_images_are_rejected_not_raised(rgb):
+    """OpenCV raises (not returns None) for a header over its pixel limit: that must not escape a camera callback."""
+    png = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+           + _png_chunk(b"IDAT", zlib.compress(b"\0" * 10)) + _png_chunk(b"IEND", b""))
+    jpeg = bytearray(rgb_to_compressed_imgmsg(rgb, "jpeg").data)
+    start_of_frame = jpeg.index(b"\xff\xc0")
+    jpeg[start_of_frame + 5:start_of_frame + 9] = struct.pack(">HH", 65000, 65000)  # height, width
+    for fmt, data in (("png", png), ("jpeg", bytes(jpeg))):
+        with pytest.raises(ImageDecodeError, match="CV_IO_MAX_IMAGE_PIXELS") as caught:
+            compressed_imgmsg_to_rgb(CompressedImage(format=fmt, data=data))
+        assert caught.value.kind == "corrupt"

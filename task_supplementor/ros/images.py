@@ -78,7 +78,11 @@ def compressed_imgmsg_to_rgb(msg: CompressedImage) -> np.ndarray:
     else:
         raise ImageDecodeError("unsupported_format",
                                f"format {msg.format!r}: data is neither JPEG nor PNG (starts {data[:4].hex()})")
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as error:  # e.g. a header claiming more pixels than OpenCV's limit (2^30) allows
+        reason = str(error).strip().splitlines()[-1]
+        raise ImageDecodeError("corrupt", f"{msg.format or 'image'} of {len(data)} bytes: {reason}") from None
     if decoded is None:
         raise ImageDecodeError("corrupt", f"{msg.format or 'image'} of {len(data)} bytes could not be decoded")
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
