@@ -32,8 +32,13 @@ def check_safetensors(path: Path) -> None:
             header = json.loads(handle.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: corrupt safetensors header ({exc})") from None
-    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
-    expected = 8 + header_len + max(ends, default=0)
+    try:
+        end = max((int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"),
+                  default=0)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        raise ValueError(f"{path}: malformed safetensors header (every tensor needs data_offsets [begin, end])") \
+            from None
+    expected = 8 + header_len + end
     if size != expected:
         raise ValueError(f"{path}: truncated or padded safetensors file ({size} bytes, header says {expected})")
 
@@ -42,9 +47,12 @@ def _weight_files(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise ValueError(f"{index}: corrupt shard index ({exc})") from None
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{index}: corrupt shard index ({type(exc).__name__}: {exc})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
+            raise ValueError(f"{index}: weight_map must map tensor names to shard file names")
+        shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (directory / s).is_file()]
         if missing:
             raise ValueError(f"{directory}: shards listed in the index are missing: {missing}")
@@ -62,6 +70,13 @@ def check_checkpoint_dir(checkpoint: str) -> None:
     directory = Path(checkpoint)
     if not directory.is_dir():
         raise ValueError(f"{directory}: no such checkpoint directory")
+    try:
+        _check_files(directory)
+    except OSError as exc:  # unreadable file, a directory where a file should be, ...
+        raise ValueError(f"{directory}: cannot read the checkpoint ({exc})") from None
+
+
+def _check_files(directory: Path) -> None:
     for name in REQUIRED_JSON:
         path = directory / name
         if not path.is_file():

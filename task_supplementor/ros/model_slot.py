@@ -60,6 +60,12 @@ class ModelSlot(Generic[S, T]):
         return self._loading
 
     @property
+    def serving_spec(self) -> S | None:
+        """The spec of the serving model; None until the first load succeeds."""
+        with self._cond:
+            return self._current_spec
+
+    @property
     def target(self) -> S | None:
         """The spec the slot is heading for: the newest one requested (waiting or loading), else the serving one.
 
@@ -77,6 +83,8 @@ class ModelSlot(Generic[S, T]):
             self._preflight(spec)
         except ValueError as exc:
             return str(exc)
+        except Exception as exc:  # noqa: BLE001 - a check that trips over odd files must reject, not crash the node
+            return f"checking {self._name(spec)} failed ({type(exc).__name__}: {exc})"
         return None
 
     def request(self, spec: S) -> None:

@@ -46,10 +46,11 @@ def norm_stats_of(checkpoint: str | Path) -> dict[str, Any]:
     if not str(checkpoint) or not config.is_file():
         raise ValueError(f"checkpoint {str(checkpoint)!r} is not an OpenVLA checkpoint directory (no config.json)")
     try:
-        stats = json.loads(config.read_text()).get("norm_stats") or {}
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config} is not valid JSON: {error}") from None
-    if not stats:
+        parsed = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{config} cannot be read as JSON: {error}") from None
+    stats = parsed.get("norm_stats") if isinstance(parsed, dict) else None
+    if not stats or not isinstance(stats, dict):
         raise ValueError(f"{config} has no norm_stats: actions cannot be un-normalised")
     return stats
 
