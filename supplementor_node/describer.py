@@ -1,14 +1,14 @@
 """One frame (or a batch) + task -> judged facts: prompt spec, backend, then the facts contract.
 
-This is the supplementor's whole model-side job, shared by the node, the benchmark and offline labelling. Every
+This is the supplementor's whole model-side job (the node's, and what offline labelling will reuse). Every
 output goes through :func:`task_supplementor.facts.evaluate_output`, so an invalid output comes back flagged with its
 reasons instead of being dropped.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -35,15 +35,27 @@ class DescriberConfig:
         """The model's checkpoint: what messages and diagnostics name the model by."""
         return self.model.checkpoint
 
+    @property
+    def device(self) -> str:
+        return self.model.device
+
+
+def output_schema(cfg: DescriberConfig) -> dict[str, Any] | None:
+    """The JSON Schema generation is constrained to (None: unconstrained), its bounds fitted to ``max_new_tokens``
+    so every admissible output ends inside the budget (never cut-off JSON). ValueError naming the minimum budget
+    when it is too small; cheap, so the node checks it before accepting a parameter change."""
+    if not cfg.constrained_decoding:
+        return None
+    limits = cfg.limits
+    return fit_schema_bounds(cfg.max_new_tokens, limits.max_objects, limits.max_relations, limits.max_attributes,
+                             cfg.max_name_chars).schema()
+
 
 @dataclass(frozen=True)
 class Description:
     outcome: FactsOutcome
     raw_text: str
     new_tokens: int
-    model_id: str
-    prompt_version: str
-    inference_s: float     # wall time of the batch this frame was part of
 
 
 class Describer:
@@ -52,25 +64,13 @@ class Describer:
     def __init__(self, cfg: DescriberConfig):
         self.cfg = cfg
         self.spec: PromptSpec = load_prompt_spec(cfg.prompt_version)   # fails fast, before the model load
-        limits = cfg.limits
-        # Constrained: bounds fitted to the budget, so every admissible output ends inside it (never cut-off JSON).
-        schema = fit_schema_bounds(cfg.max_new_tokens, limits.max_objects, limits.max_relations,
-                                   limits.max_attributes, cfg.max_name_chars).schema() if cfg.constrained_decoding \
-            else None
-        self.backend: Backend = load_backend(replace(cfg.model, json_schema=schema))
+        self.backend: Backend = load_backend(replace(cfg.model, json_schema=output_schema(cfg)))
 
-    @property
-    def model_id(self) -> str:
-        return self.backend.model_id
-
-    def describe(self, frames: list[tuple[np.ndarray, str]], max_new_tokens: int | None = None) -> list[Description]:
-        """frames: (RGB uint8 image, task) pairs, described in one batch (budget: the config's unless given)."""
-        max_new_tokens = self.cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
+    def describe(self, frames: list[tuple[np.ndarray, str]]) -> list[Description]:
+        """frames: (RGB uint8 image, task) pairs, described in one batch within the config's token budget (the one
+        the constrained schema was fitted to)."""
         prompts = [Prompt(image, *self.spec.render(task, self.cfg.limits)) for image, task in frames]
-        start = time.perf_counter()
-        outputs = self.backend.generate(prompts, max_new_tokens)
-        elapsed = time.perf_counter() - start
+        outputs = self.backend.generate(prompts, self.cfg.max_new_tokens)
         return [Description(outcome=evaluate_output(out.text, task, self.cfg.limits, self.backend.tokenizer),
-                            raw_text=out.text, new_tokens=out.new_tokens, model_id=self.model_id,
-                            prompt_version=self.spec.version, inference_s=elapsed)
+                            raw_text=out.text, new_tokens=out.new_tokens)
                 for out, (_, task) in zip(outputs, frames)]

@@ -20,9 +20,9 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import String
 from task_supplementor_msgs.msg import VisualFacts
 
-from supplementor_node.backends.base import BACKENDS, BackendConfig
+from supplementor_node.backends.base import BACKENDS, BackendConfig, check_backend_device
 from supplementor_node.checkpoint_check import check_checkpoint_dir
-from supplementor_node.describer import Describer, DescriberConfig
+from supplementor_node.describer import Describer, DescriberConfig, output_schema
 from supplementor_node.prompt_spec import load_prompt_spec
 from task_supplementor.ros.convert import facts_outcome_to_msg
 from task_supplementor.devices import DTYPES, check_load_choices
@@ -62,10 +62,18 @@ PARAMETERS: dict[str, ParamSpec] = {
 }
 
 
+def check_choices(cfg: DescriberConfig) -> None:
+    """Reject (ValueError with the reason) settings no checkpoint could load with: backend, device, dtype, prompt
+    version, and a ``max_new_tokens`` too small for the constrained schema."""
+    check_load_choices(cfg.model.backend, BACKENDS, cfg.model.device, cfg.model.dtype)
+    check_backend_device(cfg.model.backend, cfg.model.device)
+    load_prompt_spec(cfg.prompt_version)
+    output_schema(cfg)
+
+
 def preflight(cfg: DescriberConfig) -> None:
     """Reject (ValueError with the reason) a configuration that cannot load, before any load starts."""
-    check_load_choices(cfg.model.backend, BACKENDS, cfg.model.device, cfg.model.dtype)
-    load_prompt_spec(cfg.prompt_version)
+    check_choices(cfg)
     check_checkpoint_dir(cfg.checkpoint)
 
 
@@ -75,6 +83,7 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
         self._frame: CameraFrame | None = None
         self._frame_fresh = False     # the latest frame has not been described yet
         self._task_fresh = False      # the task changed since the last description
+        self._min_period_s = 1.0 / float(self._param("rate_hz"))  # kept here: the set callback runs before the set
 
         self._facts_pub = self.create_publisher(VisualFacts, "~/facts", RELIABLE_QOS)
         CameraInput(self, self.health, self._param("image_compressed"), self._on_frame)
@@ -93,14 +102,28 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate and, for load-relevant changes, start the background load (Humble has no post-set callback)."""
         changes = {p.name: p.value for p in params if p.name in PARAMETERS}
+        if "rate_hz" in changes:
+            with self._cond:
+                self._min_period_s = 1.0 / float(changes["rate_hz"])
+                self._cond.notify_all()  # a worker waiting out the old period recomputes it now
         if not any(PARAMETERS[name].group == "model" for name in changes):
             return SetParametersResult(successful=True)
         cfg = self._describer_config(changes)
-        reason = self._slot.check(cfg)
+        if cfg.checkpoint:
+            reason = self._slot.check(cfg)
+        else:  # nothing to load yet: the choices are checked now and used once a checkpoint is set
+            try:
+                check_choices(cfg)
+                reason = None
+            except ValueError as exc:
+                reason = str(exc)
         if reason:
-            self.get_logger().error(f"rejected parameter change {changes}: {reason}; the current model keeps serving")
+            serving = self._slot.current[1]
+            self.get_logger().error(f"rejected parameter change {changes}: {reason}"
+                                    + (f"; {serving} keeps serving" if serving else ""))
             return SetParametersResult(successful=False, reason=reason)
-        self._request_model(cfg)
+        if cfg.checkpoint:
+            self._request_model(cfg)
         return SetParametersResult(successful=True)
 
     # ---- inputs ---------------------------------------------------------------------------------------------
@@ -119,8 +142,9 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
                 self._cond.notify_all()
 
     # ---- inference worker -----------------------------------------------------------------------------------
-    def _next_job(self, not_before: float) -> tuple[CameraFrame, str] | None:
-        """Wait for a frame worth describing; None when the node stops."""
+    def _next_job(self, last_start: float) -> tuple[CameraFrame, str] | None:
+        """Wait for a frame worth describing (a new frame at most every ``rate_hz`` period after ``last_start``, a
+        new task at once); None when the node stops."""
         with self._cond:
             while not self._stopping:
                 ready = self._frame is not None and self._task and self._slot.current[0] is not None
@@ -128,7 +152,7 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
                 if ready and self._task_fresh:
                     wait = 0.0
                 elif ready and self._frame_fresh:
-                    wait = max(0.0, not_before - time.monotonic())
+                    wait = max(0.0, last_start + self._min_period_s - time.monotonic())
                 if wait == 0.0:
                     self._frame_fresh = self._task_fresh = False
                     return self._frame, self._task
@@ -136,10 +160,10 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
         return None
 
     def _work(self) -> None:
-        not_before = 0.0
-        while (job := self._next_job(not_before)) is not None:
+        last_start = float("-inf")
+        while (job := self._next_job(last_start)) is not None:
             frame, task = job
-            not_before = time.monotonic() + 1.0 / float(self._param("rate_hz"))
+            last_start = time.monotonic()
             describer, model_id = self._slot.current
             try:
                 description = describer.describe([(frame.rgb, task)])[0]

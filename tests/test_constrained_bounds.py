@@ -39,9 +39,12 @@ def test_the_worst_case_instance_is_admitted_by_the_bounded_schema_and_parses() 
     text = json.dumps(worst, separators=CONSTRAINED_SEPARATORS)
     assert len(text) == bounds.worst_case_chars()
     assert len(parse_facts(text).objects) == 2
-    too_long = {**worst, "objects": [{"name": name + "a"}]}
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(too_long, bounds.schema())
+    object_fact = worst["objects"][0]
+    for refused in ({**object_fact, "name": name + "a"},  # too long
+                    {**object_fact, "name": "  "},  # blank: would parse to "" and be refused as unparseable
+                    {"name": "cup"}):  # keys left out
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**worst, "objects": [refused]}, bounds.schema())
 
 
 def test_random_tiny_qwen_under_constraint_always_produces_parseable_facts(tiny_models) -> None:

@@ -116,6 +116,8 @@ def test_evaluate_output_table(case_id, raw, task, expected):
     ("", ParseErrorCode.EMPTY),
     ("no braces here", ParseErrorCode.NO_JSON),
     ('{"objects": [', ParseErrorCode.INVALID_JSON),
+    # cut off after a whole nested object: that inner object decodes, but the output is still broken JSON
+    ('{"objects":[{"name":"cup","attributes":[],"region":"left"},{"name":"pl', ParseErrorCode.INVALID_JSON),
     ('{"answer": 1}', ParseErrorCode.NOT_FACTS),
     ('{"objects": [{"name": ""}]}', ParseErrorCode.SCHEMA),
 ])

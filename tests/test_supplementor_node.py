@@ -7,7 +7,9 @@ plain rclpy node; parameters are set through the node's real ``set_parameters`` 
 
 from __future__ import annotations
 
+import json
 import shutil
+import struct
 import subprocess
 import threading
 import time
@@ -89,10 +91,11 @@ class Harness:
         return self.set_string("checkpoint", path)
 
     def set_string(self, name: str, value: str):
+        return self.set_value(name, ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value))
+
+    def set_value(self, name: str, value: ParameterValue):
         assert self.params.wait_for_service(timeout_sec=30)
-        request = SetParameters.Request(parameters=[ParameterMsg(
-            name=name, value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value))])
-        future = self.params.call_async(request)
+        future = self.params.call_async(SetParameters.Request(parameters=[ParameterMsg(name=name, value=value)]))
         self.wait_for(future.done, 30)
         return future.result().results[0]
 
@@ -233,6 +236,10 @@ def test_missing_or_corrupt_checkpoint_is_rejected_and_the_old_model_keeps_servi
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     result = h.set_checkpoint(str(corrupt))
     assert not result.successful and "safetensors" in result.reason, result.reason
+    header = json.dumps({"weight": {"dtype": "F32", "shape": [1]}}).encode()  # valid JSON, no data_offsets
+    weights.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    malformed = h.set_checkpoint(str(corrupt))
+    assert not malformed.successful and "malformed safetensors header" in malformed.reason, malformed.reason
     for name, value, accepted in (("dtype", "int8", "bfloat16"), ("device", "gpu", "cuda:N"),
                                   ("backend", "onnx", "transformers, vllm")):
         result = h.set_string(name, value)
@@ -253,8 +260,12 @@ def test_bad_encodings_are_counted_logged_once_and_the_node_keeps_going(graph, k
                "truncated": Image(height=good.height, width=good.width, encoding="rgb8", step=good.step,
                                   data=bytes(good.data)[:100])}
     else:
+        huge = bytearray(good.data)  # a header claiming 65000 x 65000 pixels: OpenCV raises instead of decoding
+        start_of_frame = huge.index(b"\xff\xc0")
+        huge[start_of_frame + 5:start_of_frame + 9] = struct.pack(">HH", 65000, 65000)
         bad = {"truncated": CompressedImage(format="jpeg", data=bytes(good.data)[: len(good.data) // 2]),
-               "unsupported_format": CompressedImage(format="jpeg", data=b"not an image at all")}
+               "unsupported_format": CompressedImage(format="jpeg", data=b"not an image at all"),
+               "corrupt": CompressedImage(format="jpeg", data=bytes(huge))}
     for _ in range(3):
         for msg in bad.values():
             h.image_pub.publish(msg)
@@ -264,3 +275,65 @@ def test_bad_encodings_are_counted_logged_once_and_the_node_keeps_going(graph, k
     log = (graph["logs"] / f"{kind}.log").read_text()
     for k in bad:
         assert log.count(f"further '{k}' frames are only counted") == 1, log[-2000:]
+
+
+def _double(value: float) -> ParameterValue:
+    return ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+
+
+def test_a_faster_rate_applies_at_once_even_during_a_long_wait(graph):
+    h: Harness = graph["raw"]
+    _first_facts_for(h, 100)
+    assert h.set_value("rate_hz", _double(0.1)).successful  # one description per 10 s
+    _first_facts_for(h, 6000)
+    assert h.set_value("rate_hz", _double(30.0)).successful
+    t0 = time.monotonic()
+    _first_facts_for(h, 6001, timeout=30)
+    assert time.monotonic() - t0 < 5.0, "the worker kept waiting out the old 10 s period"
+
+
+def test_max_new_tokens_too_small_for_the_schema_is_refused_with_the_minimum(graph):
+    h: Harness = graph["raw"]
+    result = h.set_value("max_new_tokens", ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=100))
+    assert not result.successful and "needs at least" in result.reason, result.reason
+
+
+def test_a_failed_load_warns_until_the_serving_checkpoint_is_set_back(graph, tmp_path):
+    """A checkpoint that passes the quick check but fails to load (its config does not match its weights)."""
+    h: Harness = graph["raw"]
+    _first_facts_for(h, 100)
+    serving = str(graph["tiny"] / "qwen2_5_vl_tiny")
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(serving, mismatched)
+    config = json.loads((mismatched / "config.json").read_text())
+    config["text_config"]["hidden_size"] *= 2
+    (mismatched / "config.json").write_text(json.dumps(config))
+    assert h.set_checkpoint(str(mismatched)).successful
+    h.wait_for(lambda: str(mismatched) in h.counters().get("last_error", ""), 60)
+    with h.received.lock:
+        assert h.received.diagnostics[-1].level == DiagnosticStatus.WARN
+    assert h.set_checkpoint(serving).successful  # back: nothing to load, the warning goes
+    h.wait_for(lambda: h.counters().get("last_error", None) == "" and h.counters().get("loading") == "", 10)
+    with h.received.lock:
+        assert h.received.diagnostics[-1].level == DiagnosticStatus.OK
+    assert _first_facts_for(h, 6100).model_id == serving
+
+
+def test_without_a_checkpoint_the_device_can_be_chosen_before_the_first_load(graph, tmp_path):
+    log = tmp_path / "empty.log"
+    proc = start_node("supplementor_node.node", "supplementor.yaml",
+                      {"checkpoint": '""', "max_new_tokens": "256", "rate_hz": "30.0", "image_compressed": "false"},
+                      log, ros_args=("-r", "__ns:=/empty"))
+    try:
+        h = Harness(graph["raw"].node, "/empty", compressed=False)
+        h.task_pub.publish(String(data=TASK))
+        assert h.wait_for(lambda: h.counters().get("model_id") == "none", 60)
+        refused = h.set_string("dtype", "int8")
+        assert not refused.successful and "dtype 'int8'" in refused.reason
+        assert h.set_string("device", "cpu").successful, "a device must be settable before any checkpoint"
+        checkpoint = str(graph["tiny"] / "qwen2_5_vl_tiny")
+        assert h.set_checkpoint(checkpoint).successful
+        assert _first_facts_for(h, 100).model_id == checkpoint
+    finally:
+        stopped = stop_nodes({"empty": (proc, log)})["empty"]
+    assert stopped.clean, stopped.log_tail

@@ -29,10 +29,20 @@ class GenerationOutput:
 class Backend(Protocol):
     """Loaded model: greedy generation for a batch of prompts; exposes the tokenizer for the token-length rule."""
 
-    model_id: str
     tokenizer: Any
 
     def generate(self, prompts: list[Prompt], max_new_tokens: int) -> list[GenerationOutput]: ...
+
+
+VLLM_DEVICES = ("auto", "cuda", "cuda:0")
+
+
+def check_backend_device(backend: str, device: str) -> None:
+    """ValueError for a device the backend cannot honour. vLLM's engine takes no device argument: it runs on the
+    first GPU the process sees, so another GPU is chosen with ``CUDA_VISIBLE_DEVICES`` when the node starts."""
+    if backend == "vllm" and device not in VLLM_DEVICES:
+        raise ValueError(f"device {device!r} cannot be used with backend vllm (one of {', '.join(VLLM_DEVICES)}: "
+                         "vLLM runs on the first visible GPU; start the node with CUDA_VISIBLE_DEVICES=N for GPU N)")
 
 
 def resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:

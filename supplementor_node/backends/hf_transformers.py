@@ -22,7 +22,6 @@ class TransformersBackend:
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path}: no config.json (missing or not a checkpoint directory)")
         self.device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
-        self.model_id = cfg.checkpoint
         self.inputs = QwenVLInputBuilder(path, max_pixels=cfg.image_max_pixels)
         self.tokenizer = self.inputs.tokenizer
         self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(

@@ -7,7 +7,7 @@ the same JSON Schema through its structured-output parameters (xgrammar engine).
 
 from __future__ import annotations
 
-from supplementor_node.backends.base import BackendConfig, GenerationOutput, resolve_device_dtype
+from supplementor_node.backends.base import BackendConfig, GenerationOutput, check_backend_device, resolve_device_dtype
 from supplementor_node.qwen_inputs import Prompt, QwenVLInputBuilder
 
 
@@ -15,8 +15,8 @@ class VllmBackend:
     def __init__(self, cfg: BackendConfig):
         from vllm import LLM
 
+        check_backend_device("vllm", cfg.device)
         _, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
-        self.model_id = cfg.checkpoint
         self.inputs = QwenVLInputBuilder(cfg.checkpoint, max_pixels=cfg.image_max_pixels)
         self.tokenizer = self.inputs.tokenizer
         self.schema = cfg.json_schema
@@ -30,8 +30,9 @@ class VllmBackend:
             return SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
         from vllm.sampling_params import StructuredOutputsParams
 
+        # compact JSON only, as the transformers backend's grammar: the schema's bounds assume no free whitespace
         return SamplingParams(temperature=0.0, max_tokens=max_new_tokens,
-                              structured_outputs=StructuredOutputsParams(json=self.schema))
+                              structured_outputs=StructuredOutputsParams(json=self.schema, disable_any_whitespace=True))
 
     def generate(self, prompts: list[Prompt], max_new_tokens: int) -> list[GenerationOutput]:
         from PIL import Image

@@ -79,6 +79,8 @@ def parse_facts(raw: str) -> Facts:
             raise FactsParseError(ParseErrorCode.NO_JSON, "no JSON object in model output")
         raise FactsParseError(ParseErrorCode.INVALID_JSON, f"JSON object does not decode: {decode_error}")
     shaped = [obj for obj in objects if _FACTS_KEYS & obj.keys()]
+    if not shaped and decode_error:  # e.g. output cut off: only the objects nested in the broken one decode
+        raise FactsParseError(ParseErrorCode.INVALID_JSON, f"JSON object does not decode: {decode_error}")
     if not shaped:
         keys = sorted(objects[0].keys())
         raise FactsParseError(ParseErrorCode.NOT_FACTS,

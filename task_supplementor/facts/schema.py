@@ -157,6 +157,7 @@ def facts_json_schema(max_objects: int | None = None, max_relations: int | None 
 # Free text under constrained decoding: printable ASCII without quote or backslash, so a JSON string of n
 # characters is exactly n characters on the wire and at most n tokens under any byte-level BPE tokenizer.
 CONSTRAINED_TEXT_CHARS = "[A-Za-z0-9 ,.'()/+-]"
+_CONSTRAINED_FIRST_CHAR = "[A-Za-z0-9,.'()/+-]"  # no leading space: a blank name parses to "" and is refused
 CONSTRAINED_SEPARATORS = (",", ":")  # compact JSON: the constrained decoder spends no tokens on spaces
 
 
@@ -187,8 +188,8 @@ class SchemaBounds:
         defs = schema["$defs"]
         for prop in (defs["ObjectFact"]["properties"]["name"], defs["Relation"]["properties"]["subject"],
                      defs["Relation"]["properties"]["object"], defs["ObjectFact"]["properties"]["attributes"]["items"]):
-            prop["pattern"] = f"^{CONSTRAINED_TEXT_CHARS}{{1,{self.max_name_chars}}}$"  # length in the pattern:
-        #                                             xgrammar applies a pattern instead of min/maxLength
+            # the length goes in the pattern: xgrammar applies a pattern instead of min/maxLength
+            prop["pattern"] = f"^{_CONSTRAINED_FIRST_CHAR}{CONSTRAINED_TEXT_CHARS}{{0,{self.max_name_chars - 1}}}$"
         defs["Gripper"]["properties"]["holding"]["pattern"] = f"^{CONSTRAINED_TEXT_CHARS}{{0,{self.max_name_chars}}}$"
         for definition in defs.values():
             for prop in [*definition.get("properties", {}).values(),
@@ -198,6 +199,7 @@ class SchemaBounds:
                     prop.pop("maxLength", None)
         # Every key, always: "{}" is schema-valid but says nothing, and the parser rightly refuses it.
         schema["required"] = ["objects", "relations", "gripper"]
+        defs["ObjectFact"]["required"] = ["name", "attributes", "region"]
         defs["Gripper"]["required"] = ["state", "holding"]
         return schema
 

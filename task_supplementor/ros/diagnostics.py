@@ -80,10 +80,6 @@ class Health:
         with self._lock:
             self._counters[key] = self._counters.get(key, 0) + n
 
-    def counter(self, key: str) -> int:
-        with self._lock:
-            return self._counters.get(key, 0)
-
     def set_field(self, key: str, value: str) -> None:
         with self._lock:
             self._fields[key] = value
@@ -117,8 +113,7 @@ def report_model_slot(health: Health, slot, startup_problem: str, nothing_loaded
     model, _ = slot.current
     loading = slot.loading
     health.set_field("loading", loading.checkpoint if loading is not None else "")
-    if slot.last_error:
-        health.set_field("last_error", slot.last_error)
+    health.set_field("last_error", slot.last_error)  # cleared once a later load succeeds or the swap is undone
     if model is None:
         health.error = (slot.last_error or startup_problem
                         or (f"loading {loading.checkpoint}" if loading else nothing_loaded))

@@ -24,9 +24,14 @@ from task_supplementor.ros.params import ParamSpec, declare_parameters
 
 
 class CheckpointSpec(Protocol):
-    """A load spec names its checkpoint (the model id messages carry and the diagnostics show)."""
+    """A load spec names its checkpoint (the model id messages carry and the diagnostics show) and its device (the
+    diagnostics' hardware id)."""
 
-    checkpoint: str
+    @property
+    def checkpoint(self) -> str: ...
+
+    @property
+    def device(self) -> str: ...
 
 
 S = TypeVar("S", bound=CheckpointSpec)  # what to load
@@ -122,7 +127,7 @@ class ModelNode(Node, Generic[S, T]):
     def _inference_failed(self, model_id: str, exc: Exception) -> None:
         """Count and report a failed inference (log throttled); the worker goes on with the next input."""
         self.health.count("inference_errors")
-        self.health.set_field("last_error", f"inference failed on {model_id}: {exc}")
+        self.health.set_field("last_inference_error", f"inference failed on {model_id}: {exc}")
         self.get_logger().error(f"inference failed on {model_id}: {type(exc).__name__}: {exc}",
                                 throttle_duration_sec=10.0)
 
@@ -133,6 +138,8 @@ class ModelNode(Node, Generic[S, T]):
 
     def _publish_diagnostics(self) -> None:
         _, model_id = self._slot.current
+        serving = self._slot.serving_spec
+        self.health.hardware_id = serving.device if serving is not None else self._param("device")
         fields = {f"{self.model_noun}_id": model_id or "none", "task": self._task, **self._diagnostic_fields()}
         for key, value in fields.items():
             self.health.set_field(key, value)

@@ -22,23 +22,17 @@ import faulthandler
 import os
 import sys
 from collections.abc import Callable
-from typing import Protocol
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
 
-
-class ClosableNode(Protocol):
-    def close(self) -> bool:
-        """Stop background work; True when no background thread is left running."""
-        ...
+from task_supplementor.ros.model_node import ModelNode
 
 
 TEARDOWN_TIMEOUT_S = 10.0  # destroying a node's DDS entities takes well under a second when it does not deadlock
 
 
-def spin_node(make_node: Callable[[], Node], args: list[str] | None = None,
+def spin_node(make_node: Callable[[], ModelNode], args: list[str] | None = None,
               teardown_timeout_s: float = TEARDOWN_TIMEOUT_S) -> int:
     rclpy.init(args=args)
     node = make_node()
