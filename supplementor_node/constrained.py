@@ -15,6 +15,15 @@ from typing import Any
 from task_supplementor.facts.schema import CONSTRAINED_SEPARATORS
 
 
+def facts_grammar(schema: dict[str, Any]):
+    """The xgrammar grammar of ``schema`` as generation is constrained to it: compact separators, no free whitespace,
+    no properties beyond the schema's (what :meth:`SchemaBounds.worst_case_chars` assumes)."""
+    import xgrammar as xgr
+
+    return xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, separators=CONSTRAINED_SEPARATORS,
+                                        strict_mode=True)
+
+
 class JsonSchemaConstraint:
     """A JSON Schema compiled for one tokenizer; ``logits_processor()`` makes the per-call transformers processor."""
 
@@ -22,8 +31,7 @@ class JsonSchemaConstraint:
         import xgrammar as xgr
 
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
-        self._compiled = xgr.GrammarCompiler(info).compile_json_schema(
-            json.dumps(schema), any_whitespace=False, separators=CONSTRAINED_SEPARATORS, strict_mode=True)
+        self._compiled = xgr.GrammarCompiler(info).compile_grammar(facts_grammar(schema))
 
     def logits_processor(self):
         from xgrammar.contrib.hf import LogitsProcessor

@@ -47,6 +47,31 @@ def test_the_worst_case_instance_is_admitted_by_the_bounded_schema_and_parses() 
             jsonschema.validate({**worst, "objects": [refused]}, bounds.schema())
 
 
+def test_the_compiled_grammar_admits_the_worst_case_and_nothing_longer() -> None:
+    """What xgrammar itself accepts, not only what the JSON Schema says: the worst case counted by
+    ``worst_case_chars`` is admitted; one more character in a name, or a character written as a JSON escape (6
+    characters for 1), is not, so no admissible output is longer than the count; nor is a name starting with a
+    space (a blank name would parse to "" and be refused as unparseable)."""
+    from xgrammar.testing import _is_grammar_accept_string
+
+    from supplementor_node.constrained import facts_grammar
+
+    bounds = SchemaBounds(max_objects=2, max_relations=2, max_attributes=2, max_name_chars=12)
+    grammar = facts_grammar(bounds.schema())
+    name = "a" * 12
+    worst = {"objects": [{"name": name, "attributes": [name, name], "region": "bottom-right"}] * 2,
+             "relations": [{"subject": name, "relation": "in_front_of", "object": name}] * 2,
+             "gripper": {"state": "unknown", "holding": name}}
+    text = json.dumps(worst, separators=CONSTRAINED_SEPARATORS)
+    assert len(text) == bounds.worst_case_chars() and _is_grammar_accept_string(grammar, text)
+    refused = {"one character more": text.replace(name, name + "a", 1),
+               "a JSON escape": text.replace(f'"{name}"', f'"\\u0061{name[1:]}"', 1),
+               "a space after a separator": text.replace(",", ", ", 1),
+               "a leading space": text.replace(f'"{name}"', f'" {name[1:]}"', 1)}
+    for what, variant in refused.items():
+        assert not _is_grammar_accept_string(grammar, variant), what
+
+
 def test_random_tiny_qwen_under_constraint_always_produces_parseable_facts(tiny_models) -> None:
     """A random-weight model fills every string to its bound: the worst case, and it must still complete."""
     from supplementor_node.backends import BackendConfig
