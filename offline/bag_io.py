@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from offline.typestore import typestore
+
+if TYPE_CHECKING:
+    from rosbags.highlevel import AnyReader
 
 IMAGE_TYPES = ("sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/Image")
 ACTION_TYPE = "task_supplementor_msgs/msg/WidowXAction"
@@ -28,11 +33,30 @@ def stamp_ns(msg) -> int:
     return int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
 
 
+class BagReadError(ValueError):
+    """A folder rosbags cannot open as a bag (no metadata.yaml, a storage file missing, ...): said in one line."""
+
+
+@contextlib.contextmanager
+def _open_reader(path: Path) -> Iterator[AnyReader]:
+    """An opened AnyReader; rosbags' own errors become BagReadError naming the folder (not a traceback)."""
+    from rosbags.highlevel import AnyReader, AnyReaderError
+    from rosbags.rosbag2 import ReaderError
+
+    try:
+        reader = AnyReader([Path(path)], default_typestore=typestore())
+        reader.open()
+    except (AnyReaderError, ReaderError, FileNotFoundError) as exc:
+        raise BagReadError(f"{path} is not a readable rosbag2 folder: {exc}") from exc
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
 def read_bag(path: Path, topics: set[str] | None = None, deserialize: bool = True) -> Iterator[BagMessage]:
     """Messages of ``path`` in log-time order (optionally only ``topics``)."""
-    from rosbags.highlevel import AnyReader
-
-    with AnyReader([Path(path)], default_typestore=typestore()) as reader:
+    with _open_reader(path) as reader:
         connections = [c for c in reader.connections if topics is None or c.topic in topics]
         for conn, log_ns, raw in reader.messages(connections=connections):
             msg = reader.deserialize(raw, conn.msgtype) if deserialize else None
@@ -41,9 +65,7 @@ def read_bag(path: Path, topics: set[str] | None = None, deserialize: bool = Tru
 
 def bag_topics(path: Path) -> dict[str, tuple[str, int]]:
     """topic -> (message type, count), from the bag's metadata."""
-    from rosbags.highlevel import AnyReader
-
-    with AnyReader([Path(path)], default_typestore=typestore()) as reader:
+    with _open_reader(path) as reader:
         counts: dict[str, tuple[str, int]] = {}
         for conn in reader.connections:
             msgtype, count = counts.get(conn.topic, (conn.msgtype, 0))

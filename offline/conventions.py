@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 OPEN_ABOVE, CLOSED_BELOW = 0.95, 0.05
+MIN_STEPS = 3  # the transform drops the first and the last step; fewer would leave an empty episode
 
 
 def binarize_gripper(gripper: np.ndarray) -> np.ndarray:
@@ -27,7 +28,13 @@ def binarize_gripper(gripper: np.ndarray) -> np.ndarray:
 
 
 def apply_bridge_orig(states: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (kept step indices, states, actions) after the transform; T steps in, T - 2 out."""
+    """Returns (kept step indices, states, actions) after the transform; T steps in, T - 2 out.
+
+    Raises ValueError for T < 3: an episode with no frame left must be reported, not written as an empty bag.
+    """
+    if len(states) < MIN_STEPS:
+        raise ValueError(f"episode has {len(states)} step(s); the bridge_orig conventions need at least {MIN_STEPS} "
+                         "(they drop the first and the last step)")
     states = np.asarray(states, dtype=np.float32)[1:]
     actions = np.asarray(actions, dtype=np.float32)[1:]
     gripper = binarize_gripper(actions[:, 6])

@@ -2,7 +2,8 @@
 
 Layout of ``--out``: ``manifest.jsonl`` (see offline.manifest) and ``bags/{split}/{split}_{index:06d}/``. A bag is
 written under ``bags/.partial/``, checksummed, renamed into place and only then journalled, so after a kill a rerun
-keeps every journalled bag and redoes the rest (partial folders and un-journalled bags are removed first). An
+keeps every journalled bag whose folder still matches its checksum and redoes the rest (partial folders and
+un-journalled bags are removed first; a journalled bag missing or changed on disk is converted again). An
 episode that cannot be read is journalled as failed, reported, and the run goes on. ``--workers N`` converts
 chunks of episodes in N processes (spawned: TensorFlow must not be forked).
 
@@ -50,26 +51,46 @@ class ConvertConfig:
 class ConvertResult:
     manifest: Manifest
     converted: list[EpisodeRecord]  # this run
-    skipped: int  # already done by an earlier run
+    skipped: int  # already done by an earlier run (and its bag passed its check)
     failed: list[FailedRecord]  # this run
+    redone: dict[str, str] = dataclasses.field(default_factory=dict)  # journalled, bag failed its check -> why
 
 
 def episode_name(split: str, index: int) -> str:
     return f"{split}_{index:06d}"
 
 
+def parse_episode_range(text: str) -> tuple[int, int | None]:
+    """``START:STOP`` (either end may be left out) or one index -> (start, stop or None for "to the end").
+
+    Indices are episode indices within a split, the number in a bag's name; convert and replay both read them so.
+    """
+    start_text, colon, stop_text = text.partition(":")
+    try:
+        start = int(start_text) if start_text.strip() else 0
+        stop = (int(stop_text) if stop_text.strip() else None) if colon else start + 1
+    except ValueError:
+        raise ValueError(f"--episodes expects START:STOP or one index (episode indices within the split), "
+                         f"got {text!r}") from None
+    if start < 0 or (stop is not None and stop < 0):
+        raise ValueError(f"--episodes {text}: episode indices count from 0 (no negative indices)")
+    if stop is not None and stop <= start:
+        raise ValueError(f"--episodes {text} selects no episode (STOP must be greater than START)")
+    return start, stop
+
+
 def select_indices(total: int, episodes: str | None, sample: int | None, seed: int) -> list[int]:
-    """Indices within a split: an optional ``START:STOP`` range, then an optional seeded sample of it."""
+    """Indices within a split: an optional ``START:STOP`` range, then an optional seeded sample of it.
+
+    A range that reaches past the split is refused (a researcher who asked for 100 episodes must not get 60).
+    """
     indices = list(range(total))
     if episodes:
-        if ":" in episodes:
-            start, _, stop = episodes.partition(":")
-            indices = indices[slice(int(start) if start else None, int(stop) if stop else None)]
-        else:
-            index = int(episodes)
-            if not 0 <= index < total:
-                raise ValueError(f"episode {index} out of range: the split has {total} episodes")
-            indices = [index]
+        start, stop = parse_episode_range(episodes)
+        if start >= total or (stop is not None and stop > total):
+            raise ValueError(f"--episodes {episodes} out of range: the split has {total} episodes "
+                             f"(indices 0..{total - 1})")
+        indices = indices[start:stop]
     if sample is not None:
         if sample > len(indices):
             raise ValueError(f"--sample {sample} exceeds the {len(indices)} selected episodes")
@@ -145,24 +166,57 @@ def _worker_chunk(split: str, indices: list[int], out_dir: str, options: BagOpti
     return list(convert_episodes(_WORKER_SOURCE, split, indices, Path(out_dir), options))
 
 
-def convert(config: ConvertConfig) -> ConvertResult:
-    """Run (or resume) a conversion. Raises DatasetDirError / ValueError on bad input before writing anything."""
+def check_out_dir(out: Path) -> None:
+    """``--out`` must be a folder (or not exist yet): refused before anything is read or written."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: give a folder for the bags and the manifest")
+
+
+def verify_journalled(manifest: Manifest, split: str, indices: list[int], progress: bool) -> dict[str, str]:
+    """name -> why its bag must be converted again, for the journalled episodes among ``indices`` whose bag is
+    missing or fails its checksum. Reads every such bag once (a progress bar shows it)."""
     from tqdm import tqdm
 
+    names = [episode_name(split, i) for i in indices if episode_name(split, i) in manifest.episodes]
+    damaged: dict[str, str] = {}
+    with tqdm(names, unit="bag", desc=f"verify {split}", disable=not progress or not names, file=sys.stderr) as bar:
+        for name in bar:
+            reason = manifest.bag_damage(manifest.episodes[name])
+            if reason is not None:
+                damaged[name] = reason
+                bar.write(f"redoing {name}: {reason}", file=sys.stderr)
+    return damaged
+
+
+def convert(config: ConvertConfig) -> ConvertResult:
+    """Run (or resume) a conversion. Raises DatasetDirError / ValueError on bad input before writing anything."""
     from offline.tfds_source import BridgeSource
 
     unknown = sorted(set(config.cameras) - set(layout.CAMERAS))
     if unknown:
         raise ValueError(f"unknown cameras {unknown}; BridgeData v2 has {', '.join(layout.CAMERAS)}")
+    check_out_dir(config.out)
     source = BridgeSource(config.data_dir)
     indices = select_indices(source.num_episodes(config.split), config.episodes, config.sample, config.seed)
     manifest = Manifest.open(config.out, settings_of(config, source.version_dir))
     _clean_leftovers(manifest, config.split)
-    todo = [i for i in indices if episode_name(config.split, i) not in manifest.episodes]
-    result = ConvertResult(manifest=manifest, converted=[], skipped=len(indices) - len(todo), failed=[])
+    redone = verify_journalled(manifest, config.split, indices, config.progress)
+    todo = [i for i in indices if episode_name(config.split, i) not in manifest.episodes
+            or episode_name(config.split, i) in redone]
+    result = ConvertResult(manifest=manifest, converted=[], skipped=len(indices) - len(todo), failed=[],
+                           redone=redone)
+    _run_conversion(source, config, manifest, todo, result)
+    return result
+
+
+def _run_conversion(source, config: ConvertConfig, manifest: Manifest, todo: list[int],
+                    result: ConvertResult) -> None:
+    """Convert ``todo`` (in this process or in ``config.workers`` spawned ones), journalling every episode."""
+    from tqdm import tqdm
+
     options = bag_options(config)
-    bar = tqdm(total=len(indices), initial=result.skipped, unit="episode", desc=f"convert {config.split}",
-               disable=not config.progress, file=sys.stderr)
+    bar = tqdm(total=result.skipped + len(todo), initial=result.skipped, unit="episode",
+               desc=f"convert {config.split}", disable=not config.progress, file=sys.stderr)
 
     def take(record: EpisodeRecord | FailedRecord) -> None:
         manifest.record(record)
@@ -189,7 +243,6 @@ def convert(config: ConvertConfig) -> ConvertResult:
                         take(record)
     finally:
         bar.close()
-    return result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,7 +250,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TFDS data_dir holding bridge_dataset/1.0.0 (or bridge_orig/1.0.0), or that folder")
     parser.add_argument("--out", type=Path, required=True, help="output folder (bags/ and manifest.jsonl)")
     parser.add_argument("--split", default="train", help="train | val")
-    parser.add_argument("--episodes", default=None, metavar="START:STOP", help="index range within the split")
+    parser.add_argument("--episodes", default=None, metavar="START:STOP",
+                        help="episode indices within the split (the number in the bag names): a range or one index")
     parser.add_argument("--sample", type=int, default=None, help="random sample of N episodes (of the range)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--cameras", default=",".join(layout.CAMERAS),
@@ -213,8 +267,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from offline.tfds_source import DatasetDirError
-
     config = ConvertConfig(data_dir=args.data_dir, out=args.out, split=args.split, episodes=args.episodes,
                            sample=args.sample, seed=args.seed,
                            cameras=tuple(c.strip() for c in args.cameras.split(",") if c.strip()),
@@ -222,10 +274,11 @@ def run(args: argparse.Namespace) -> int:
                            workers=args.workers, progress=not args.no_progress)
     try:
         result = convert(config)
-    except (DatasetDirError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # DatasetDirError is an OSError; so is an unwritable --out
         print(f"convert: {exc}", file=sys.stderr)
         return 2
-    print(f"converted {len(result.converted)}, already done {result.skipped}, failed {len(result.failed)}; "
+    redone = f" ({len(result.redone)} redone: bag missing or damaged)" if result.redone else ""
+    print(f"converted {len(result.converted)}{redone}, already done {result.skipped}, failed {len(result.failed)}; "
           f"manifest: {result.manifest.path}")
     for failure in result.failed:
         print(f"  FAILED {failure.name}: {failure.reason}")

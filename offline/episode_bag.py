@@ -52,8 +52,17 @@ def step_stamp_ns(step_index: int) -> int:
     return BASE_STAMP_NS + step_index * STEP_NS
 
 
+def source_step(stamp_ns: int) -> int | None:
+    """The source step index a converted bag's stamp stands for; None for a stamp not made by this converter."""
+    step, rest = divmod(stamp_ns - BASE_STAMP_NS, STEP_NS)
+    return step if rest == 0 and step >= 0 else None
+
+
 def write_episode_bag(episode: SourceEpisode, path: Path, options: BagOptions) -> BagSummary:
-    """Write ``episode`` to a new bag directory at ``path`` (which must not exist)."""
+    """Write ``episode`` to a new bag directory at ``path`` (which must not exist).
+
+    Raises ValueError (before creating ``path``) for an episode the conventions leave without a frame.
+    """
     ts = typestore()
     types = ts.types
     if options.bridge_orig:
@@ -78,9 +87,8 @@ def write_episode_bag(episode: SourceEpisode, path: Path, options: BagOptions) -
         conn_action = writer.add_connection(topics.ACTION, "task_supplementor_msgs/msg/WidowXAction", typestore=ts)
         conn_cams = {cam: writer.add_connection(topics.camera_topic(cam, compressed), image_type, typestore=ts)
                      for cam in cameras}
-        first = step_stamp_ns(int(kept[0])) if len(kept) else BASE_STAMP_NS
-        writer.write(conn_task, first, ts.serialize_cdr(types["std_msgs/msg/String"](data=episode.instruction),
-                                                        "std_msgs/msg/String"))
+        task = ts.serialize_cdr(types["std_msgs/msg/String"](data=episode.instruction), "std_msgs/msg/String")
+        writer.write(conn_task, step_stamp_ns(int(kept[0])), task)
         for k, step in enumerate(kept):
             stamp = step_stamp_ns(int(step))
             for cam in cameras:

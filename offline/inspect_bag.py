@@ -78,7 +78,11 @@ def _pick_camera(types: dict[str, tuple[str, int]], wanted: str | None) -> str |
 
 
 def inspect_bag(path: Path, config: InspectConfig | None = None) -> BagReport:
+    """Read the whole bag once; raises ValueError (BagReadError included) for bad input before drawing."""
     config = config or InspectConfig()
+    if config.contact_sheet is not None and (config.frames < 1 or config.columns < 1):
+        raise ValueError(f"a contact sheet needs --frames >= 1 and columns >= 1 (got {config.frames}, "
+                         f"{config.columns})")
     path = Path(path)
     types = bag_topics(path)
     camera = _pick_camera(types, config.camera_topic)
@@ -176,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = inspect_bag(args.bag, InspectConfig(contact_sheet=args.contact_sheet, frames=args.frames,
                                                      camera_topic=args.camera_topic))
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # a bag rosbags cannot read is a ValueError (BagReadError)
         print(f"inspect: {exc}", file=sys.stderr)
         return 2
     print(report.text())

@@ -13,6 +13,11 @@ diagnostics) is recorded, with the published inputs and the bag's ground truth, 
 outputs are linked to their input frame by header.stamp (graph contract), and ``frames.jsonl`` spells the link out
 per frame, with ``summary.json`` beside it.
 
+Stamps are unique within a run: converted bags all start at the same stamp, so every bag after the first is
+published with its header stamps moved past the previous bag's end (plus ``BAG_GAP_NS``). Otherwise a node would
+take one bag's facts for another bag's frame with the same stamp, and a late output of one bag would be linked to
+the next bag's frame. ``frames.jsonl`` keeps the bag's own stamp and step beside the published one.
+
 Python API: ``replay(ReplayConfig(...)) -> ReplayResult``.
 """
 
@@ -28,6 +33,7 @@ from pathlib import Path
 
 from offline import topics
 from offline.bag_io import BagMessage, bag_topics, read_bag, stamp_ns
+from offline.episode_bag import source_step
 from offline.typestore import typestore
 
 LIVE_CAMERA = "/camera/image_raw"
@@ -39,6 +45,10 @@ OUTPUT_TOPICS = {  # what the nodes publish -> (type, reliable)
 }
 MATCH_SETTLE_S = 0.5  # discovery says "matched" a little before the first best-effort sample is surely delivered
 GROUND_TRUTH_TOPIC = topics.ACTION  # copied into the record (not published): predictions vs. truth per frame
+# Between the last stamp of one bag and the first of the next in a run: far beyond any facts age a node accepts, so
+# no node ever fuses one bag's facts into the next bag's frames, not even as "recent" facts.
+BAG_GAP_NS = 3600 * 10**9
+RUN_FILES = ("frames.jsonl", "summary.json", "records")  # what a replay writes into --out
 
 
 @dataclasses.dataclass
@@ -46,7 +56,7 @@ class ReplayConfig:
     bags: list[Path] = dataclasses.field(default_factory=list)  # bag folders, replayed in order
     manifest: Path | None = None  # or a conversion's folder / manifest.jsonl (its episodes, in order)
     split: str | None = None  # manifest selection: only this split
-    episodes: str | None = None  # manifest selection: "START:STOP" over the selected records
+    episodes: str | None = None  # manifest selection: episode indices within the split, "START:STOP" or one index
     out: Path | None = None  # record folder (records/<bag>/, frames.jsonl, summary.json); None: no files
     mode: str = "lockstep"  # lockstep | realtime
     rate: float = 1.0  # realtime: speed factor
@@ -89,23 +99,95 @@ def default_remaps(camera: str, types: dict[str, tuple[str, int]], camera_topic:
 
 
 def select_bags(config: ReplayConfig) -> list[tuple[str, Path]]:
-    """(name, bag folder) pairs from the explicit bags and/or the manifest selection."""
+    """(name, bag folder) pairs from the explicit bags and/or the manifest selection; names must be unique (each
+    gets its own record folder)."""
     chosen = [(Path(bag).name, Path(bag)) for bag in config.bags]
     if config.manifest is not None:
-        from offline.convert import select_indices
-        from offline.manifest import Manifest
-
-        manifest = Manifest.load(config.manifest)
-        records = sorted((r for r in manifest.episodes.values() if config.split in (None, r.split)),
-                         key=lambda r: (r.split, r.index))
-        picks = select_indices(len(records), config.episodes, None, 0)
-        chosen += [(records[i].name, manifest.bag_path(records[i])) for i in picks]
+        chosen += _manifest_selection(config)
     if not chosen:
         raise ValueError("nothing to replay: give bag folders and/or --manifest (with a selection that matches)")
-    missing = [str(path) for _, path in chosen if not (path / "metadata.yaml").is_file()]
-    if missing:
-        raise FileNotFoundError(f"not rosbag2 folders (no metadata.yaml): {', '.join(missing)}")
+    names = [name for name, _ in chosen]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"bag names must be unique in a run (records/<name>/): {', '.join(twice)} given twice")
     return chosen
+
+
+def _manifest_selection(config: ReplayConfig) -> list[tuple[str, Path]]:
+    """The manifest's converted episodes in the split / episode-index selection, each checked against its checksum
+    (a bag that fails the check is refused: its record would not be of the data the manifest describes)."""
+    from offline.convert import parse_episode_range
+    from offline.manifest import Manifest
+
+    manifest = Manifest.load(config.manifest)
+    start, stop = parse_episode_range(config.episodes) if config.episodes else (0, None)
+
+    def wanted(split: str, index: int) -> bool:
+        return config.split in (None, split) and start <= index and (stop is None or index < stop)
+
+    records = sorted((r for r in manifest.episodes.values() if wanted(r.split, r.index)),
+                     key=lambda r: (r.split, r.index))
+    if not records:
+        raise ValueError(f"{manifest.path} has no converted episode in the selection (split {config.split or 'any'}, "
+                         f"episodes {config.episodes or 'all'})")
+    for failure in sorted((f for f in manifest.failed.values() if wanted(f.split, f.index)), key=lambda f: f.name):
+        print(f"replay: not replaying {failure.name}: its conversion failed ({failure.reason})", file=sys.stderr)
+    damaged = [f"{r.name}: {reason}" for r in records if (reason := manifest.bag_damage(r)) is not None]
+    if damaged:
+        raise ValueError(f"bags that fail their check (convert again with the same options to redo them): "
+                         f"{'; '.join(damaged)}")
+    return [(r.name, manifest.bag_path(r)) for r in records]
+
+
+@dataclasses.dataclass(frozen=True)
+class BagPlan:
+    """One bag of a run, checked before anything is published: what is read and where each topic goes."""
+
+    name: str
+    path: Path
+    types: dict[str, tuple[str, int]]  # bag topic -> (message type, count)
+    remaps: dict[str, str]  # published bag topic -> live topic
+    camera: str  # the bag topic whose messages are the frames
+
+    @property
+    def camera_live(self) -> str:
+        return self.remaps[self.camera]
+
+    def record_topics(self) -> dict[str, str]:
+        """Live topic -> type of what the record bag holds besides the outputs (the inputs and the ground truth)."""
+        recorded = {live: self.types[bag_topic][0] for bag_topic, live in self.remaps.items()
+                    if bag_topic in self.types}
+        if GROUND_TRUTH_TOPIC in self.types:
+            recorded[GROUND_TRUTH_TOPIC] = self.types[GROUND_TRUTH_TOPIC][0]
+        return recorded
+
+
+def plan_bag(name: str, path: Path, config: ReplayConfig) -> BagPlan:
+    """Check one bag against the options (readable, has the camera, every ``--remap`` source publishable)."""
+    types = bag_topics(path)
+    try:
+        defaults = default_remaps(config.camera, types, config.camera_topic, config.task_topic)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    publishable = sorted(topic for topic in types if topic != GROUND_TRUTH_TOPIC)
+    for source in config.remaps:
+        if source not in publishable:
+            why = ("is the ground truth, which is recorded, never published" if source == GROUND_TRUTH_TOPIC
+                   else "is not a topic of the bag")
+            raise ValueError(f"--remap {source} {why} ({path}); remappable topics: {', '.join(publishable)}")
+    camera = next(topic for topic in defaults if topic != topics.TASK)
+    return BagPlan(name=name, path=Path(path), types=types, remaps={**defaults, **config.remaps}, camera=camera)
+
+
+def prepare_out(out: Path) -> None:
+    """A run writes into a folder of its own: an ``--out`` that already holds a replay is refused, so runs never
+    mix (frames.jsonl of two runs under the summary of one) and a finished run is never overwritten."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
+    taken = [name for name in RUN_FILES if (out / name).is_file() or any((out / name).glob("*"))]
+    if taken:
+        raise FileExistsError(f"--out {out} already holds a replay ({', '.join(taken)}): give each run a new folder")
+    (out / "records").mkdir(parents=True, exist_ok=True)  # left empty by a run that failed before its first bag
 
 
 def _msg_class(msgtype: str):
@@ -232,8 +314,8 @@ class _Player:
                     time.sleep(MATCH_SETTLE_S)
                 return
             time.sleep(0.05)
-        wanted = f"a subscriber on {topic}" + (f" and a publisher of {topics.ACTION_OUT}" if need_action_publisher
-                                               else "")
+        wanted = f"subscriber on {topic}" + (f" or no publisher of {topics.ACTION_OUT}" if need_action_publisher
+                                             else "")
         raise TimeoutError(f"no {wanted} after {timeout:.0f} s: are the nodes running (task-supplementor up) in "
                            f"this ROS_DOMAIN_ID, with image_compressed matching the bag's images?")
 
@@ -246,61 +328,89 @@ class _Player:
         self.thread.join(timeout=5)
 
 
-def _frame_entry(bag: str, index: int, frame: BagMessage, task: str, published_ns: int, outputs, truth,
-                 timed_out: bool | None) -> dict:
-    """The per-frame record: the outputs whose header.stamp equals the frame's stamp."""
-    stamp = stamp_ns(frame.msg)
-    actions = [(t, m) for topic, t, m, _ in outputs if topic == topics.ACTION_OUT and stamp_ns(m) == stamp]
-    facts = [(t, m) for topic, t, m, _ in outputs if topic == topics.FACTS_OUT and stamp_ns(m) == stamp]
-    entry = {"bag": bag, "frame": index, "stamp_ns": stamp, "task": task, "timed_out": timed_out,
+@dataclasses.dataclass(frozen=True)
+class _Published:
+    """One published frame, waiting for the bag's outputs to be linked to it."""
+
+    index: int  # position among the bag's frames
+    stamp: int  # header.stamp as published (unique in the run)
+    bag_stamp: int  # header.stamp in the bag
+    task: str
+    published_ns: int
+    timed_out: bool | None
+
+
+def _frame_entry(bag: str, frame: _Published, outputs, truth) -> dict:
+    """The per-frame record: the outputs whose header.stamp equals the frame's (published) stamp."""
+    actions = [(t, m) for topic, t, m, _ in outputs if topic == topics.ACTION_OUT and stamp_ns(m) == frame.stamp]
+    facts = [(t, m) for topic, t, m, _ in outputs if topic == topics.FACTS_OUT and stamp_ns(m) == frame.stamp]
+    entry = {"bag": bag, "frame": frame.index, "stamp_ns": frame.stamp, "bag_stamp_ns": frame.bag_stamp,
+             "step": source_step(frame.bag_stamp), "task": frame.task, "timed_out": frame.timed_out,
              "ground_truth": [float(v) for v in truth.raw] if truth is not None else None,
              "action": None, "facts": None, "actions_for_frame": len(actions), "facts_for_frame": len(facts),
-             "timing": {"published_ns": published_ns}}
+             "timing": {"published_ns": frame.published_ns}}
     if actions:
         received, action = actions[0]
         entry["action"] = {"raw": [float(v) for v in action.raw], "gripper": float(action.gripper),
                            "clipped": bool(action.clipped), "prompt_mode": action.prompt_mode,
                            "policy_id": action.policy_id, "facts_age_s": float(action.facts_age_s)}
-        entry["timing"].update(action_wait_s=(received - published_ns) / 1e9, action_latency_s=float(action.latency_s))
+        entry["timing"].update(action_wait_s=(received - frame.published_ns) / 1e9,
+                               action_latency_s=float(action.latency_s))
     if facts:
         received, fact = facts[0]
         entry["facts"] = {"valid": bool(fact.valid), "supplement": fact.supplement,
                           "violations": list(fact.violations), "model_id": fact.model_id}
-        entry["timing"].update(facts_wait_s=(received - published_ns) / 1e9, facts_latency_s=float(fact.latency_s))
+        entry["timing"].update(facts_wait_s=(received - frame.published_ns) / 1e9,
+                               facts_latency_s=float(fact.latency_s))
     return entry
 
 
-def _replay_bag(player: _Player, recorder: _Recorder, name: str, path: Path, config: ReplayConfig,
-                first_action_pending: bool) -> list[dict]:
-    types = bag_topics(path)
-    remaps = {**default_remaps(config.camera, types, config.camera_topic, config.task_topic), **config.remaps}
-    camera_live = next(live for bag_topic, live in remaps.items() if live.startswith(config.camera_topic))
-    camera_bag = next(bag_topic for bag_topic, live in remaps.items() if live == camera_live)
-    input_topics = {live: types[bag_topic][0] for bag_topic, live in remaps.items() if bag_topic in types}
-    if GROUND_TRUTH_TOPIC in types:
-        input_topics[GROUND_TRUTH_TOPIC] = types[GROUND_TRUTH_TOPIC][0]
-    lockstep = config.mode == "lockstep"
-    player.wait_for_subscriber(camera_live, types[camera_bag][0], config.discovery_timeout_s, lockstep)
-    recorder.open(config.out / "records" / name if config.out else None, input_topics)
+def _stamp_offset(messages: list[BagMessage], next_free_ns: int | None) -> tuple[int, int | None]:
+    """(offset for this bag's header stamps, first free stamp after it): the bag is moved only as far as it must
+    be to start at or after ``next_free_ns`` (the first bag of a run keeps its stamps)."""
+    stamps = [stamp_ns(m.msg) for m in messages if hasattr(m.msg, "header")]
+    if not stamps:
+        return 0, next_free_ns
+    offset = max(0, next_free_ns - min(stamps)) if next_free_ns is not None else 0
+    return offset, max(stamps) + offset + BAG_GAP_NS
 
-    wanted = set(remaps) | {GROUND_TRUTH_TOPIC}
-    messages = list(read_bag(path, topics=wanted & set(types)))
-    truths = {stamp_ns(m.msg): m.msg for m in messages if m.topic == GROUND_TRUTH_TOPIC}
-    frames_seen = 0
+
+def _restamped(item: BagMessage, offset: int) -> BagMessage:
+    """``item`` with its header.stamp moved by ``offset`` ns (as is when there is no header or nothing to move)."""
+    if offset == 0 or not hasattr(item.msg, "header"):
+        return item
+    ts = typestore()
+    sec, nanosec = divmod(stamp_ns(item.msg) + offset, 10**9)
+    header = dataclasses.replace(item.msg.header, stamp=ts.types["builtin_interfaces/msg/Time"](sec=sec,
+                                                                                               nanosec=nanosec))
+    msg = dataclasses.replace(item.msg, header=header)
+    return dataclasses.replace(item, msg=msg, raw=bytes(ts.serialize_cdr(msg, item.msgtype)))
+
+
+def _replay_bag(player: _Player, recorder: _Recorder, plan: BagPlan, config: ReplayConfig,
+                first_action_pending: bool, next_free_ns: int | None) -> tuple[list[dict], int | None]:
+    """Publish one bag (see module docstring); returns its frame entries and the first stamp free after it."""
+    lockstep = config.mode == "lockstep"
+    player.wait_for_subscriber(plan.camera_live, plan.types[plan.camera][0], config.discovery_timeout_s, lockstep)
+    recorder.open(config.out / "records" / plan.name if config.out else None, plan.record_topics())
+    messages = list(read_bag(plan.path, topics=(set(plan.remaps) | {GROUND_TRUTH_TOPIC}) & set(plan.types)))
+    offset, next_free_ns = _stamp_offset(messages, next_free_ns)
+    messages = [_restamped(m, offset) for m in messages]
+    truths = {stamp_ns(m.msg): m for m in messages if m.topic == GROUND_TRUTH_TOPIC}
     task = ""
-    pending: list[tuple[int, BagMessage, str, int, bool | None]] = []
+    pending: list[_Published] = []
     start_wall, start_log = time.monotonic(), messages[0].log_ns if messages else 0
     for item in messages:
         if item.topic == GROUND_TRUTH_TOPIC:
             continue
-        is_frame = item.topic == camera_bag
-        if is_frame and config.max_frames is not None and frames_seen >= config.max_frames:
+        is_frame = item.topic == plan.camera
+        if is_frame and config.max_frames is not None and len(pending) >= config.max_frames:
             break
         if not lockstep:
             delay = start_wall + (item.log_ns - start_log) / 1e9 / config.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        live = remaps[item.topic]
+        live = plan.remaps[item.topic]
         published = time.time_ns()
         player.publisher(live, item.msgtype).publish(item.raw)
         recorder.write(live, published, item.raw)
@@ -312,8 +422,7 @@ def _replay_bag(player: _Player, recorder: _Recorder, name: str, path: Path, con
             continue
         stamp = stamp_ns(item.msg)
         if stamp in truths:
-            recorder.write(GROUND_TRUTH_TOPIC, published, typestore().serialize_cdr(truths[stamp], types[
-                GROUND_TRUTH_TOPIC][0]))
+            recorder.write(GROUND_TRUTH_TOPIC, published, truths[stamp].raw)
         timed_out = None
         if lockstep:
             timeout = config.startup_timeout_s if first_action_pending else config.action_timeout_s
@@ -322,13 +431,12 @@ def _replay_bag(player: _Player, recorder: _Recorder, name: str, path: Path, con
                 stamp, required, timeout, config.republish_after_s,
                 lambda: player.publisher(live, item.msgtype).publish(item.raw))
             first_action_pending = first_action_pending and timed_out
-        pending.append((frames_seen, item, task, published, timed_out))
-        frames_seen += 1
+        pending.append(_Published(len(pending), stamp, stamp - offset, task, published, timed_out))
     time.sleep(config.drain_s)
     outputs = recorder.close()
-    return [_frame_entry(name, index, frame, task_text, published, outputs, truths.get(stamp_ns(frame.msg)),
-                         timed_out)
-            for index, frame, task_text, published, timed_out in pending]
+    entries = [_frame_entry(plan.name, frame, outputs, truths[frame.stamp].msg if frame.stamp in truths else None)
+               for frame in pending]
+    return entries, next_free_ns
 
 
 def _summary(frames: list[dict], config: ReplayConfig, bags: list[str], seconds: float) -> dict:
@@ -343,25 +451,24 @@ def _summary(frames: list[dict], config: ReplayConfig, bags: list[str], seconds:
 
 
 def replay(config: ReplayConfig) -> ReplayResult:
-    """Replay the selected bags (see module docstring); raises ValueError/FileNotFoundError/TimeoutError."""
+    """Replay the selected bags (see module docstring); raises ValueError/FileNotFoundError/FileExistsError/
+    TimeoutError. Every bag and option is checked before the first message goes out."""
     if config.mode not in ("lockstep", "realtime"):
         raise ValueError(f"mode must be lockstep or realtime, not {config.mode!r}")
     if config.rate <= 0:
         raise ValueError("--rate must be > 0")
-    chosen = select_bags(config)
+    plans = [plan_bag(name, path, config) for name, path in select_bags(config)]
     if config.out is not None:
         config.out = Path(config.out)
-        existing = [name for name, _ in chosen if (config.out / "records" / name).exists()]
-        if existing:
-            raise FileExistsError(f"{config.out}/records already holds {', '.join(existing)}: use another --out")
-        (config.out / "records").mkdir(parents=True, exist_ok=True)
+        prepare_out(config.out)
     recorder = _Recorder(config.storage)
     player = _Player(recorder)
     frames: list[dict] = []
+    next_free_ns: int | None = None
     started = time.monotonic()
     try:
-        for name, path in chosen:
-            bag_frames = _replay_bag(player, recorder, name, path, config, first_action_pending=not frames)
+        for plan in plans:
+            bag_frames, next_free_ns = _replay_bag(player, recorder, plan, config, not frames, next_free_ns)
             frames += bag_frames
             if config.out is not None:
                 with (config.out / "frames.jsonl").open("a", encoding="utf-8") as handle:
@@ -370,7 +477,7 @@ def replay(config: ReplayConfig) -> ReplayResult:
     finally:
         recorder.close()
         player.close()
-    summary = _summary(frames, config, [name for name, _ in chosen], time.monotonic() - started)
+    summary = _summary(frames, config, [plan.name for plan in plans], time.monotonic() - started)
     if config.out is not None:
         (config.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return ReplayResult(frames=frames, summary=summary, out=config.out)
@@ -387,8 +494,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bags", nargs="*", type=Path, help="rosbag2 folders to replay, in order")
     parser.add_argument("--manifest", type=Path, default=None, help="a conversion folder or its manifest.jsonl")
     parser.add_argument("--split", default=None, help="manifest selection: only this split")
-    parser.add_argument("--episodes", default=None, metavar="START:STOP", help="manifest selection: a range")
-    parser.add_argument("--out", type=Path, default=None, help="record folder (records/, frames.jsonl, summary.json)")
+    parser.add_argument("--episodes", default=None, metavar="START:STOP",
+                        help="manifest selection: episode indices within the split (as in the bag names), a range "
+                             "or one index")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="record folder (records/, frames.jsonl, summary.json); one per run: a folder that "
+                             "already holds a replay is refused")
     parser.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep")
     parser.add_argument("--rate", type=float, default=1.0, help="realtime speed factor")
     parser.add_argument("--camera", default="image_0", help="bag camera that feeds /camera/image_raw[/compressed]")
@@ -414,7 +525,7 @@ def run(args: argparse.Namespace) -> int:
                           discovery_timeout_s=args.discovery_timeout)
     try:
         result = replay(config)
-    except (ValueError, FileNotFoundError, FileExistsError, TimeoutError) as exc:
+    except (OSError, ValueError) as exc:  # TimeoutError, FileExistsError, FileNotFoundError are OSErrors
         print(f"replay: {exc}", file=sys.stderr)
         return 2
     s = result.summary

@@ -34,6 +34,7 @@ WORKSPACE_X = (0.20, 0.40)  # metres, forward from the robot base
 WORKSPACE_Y = (-0.12, 0.12)  # metres, left of the robot base
 HOVER_Z, GRASP_Z, PLACE_Z = 0.10, 0.02, 0.05
 OBJECT_HALF_SIZE = {"block": 0.018, "plate": 0.040, "bowl": 0.035}
+GRIPPER_SEGMENTS = {2: 3, 6: 2}  # plan segment index -> steps (gripper closing / opening take a few steps)
 TRACKING_NOISE_M = 0.0008  # the real arm does not reach commanded poses exactly; relabelled deltas differ slightly
 
 
@@ -87,6 +88,17 @@ def _pick_objects(rng: np.random.Generator) -> tuple[str, list[SceneObject], Sce
     return instruction, [target, *distractors, movable], movable, target
 
 
+def _apportion(total: int, weights: list[float]) -> list[int]:
+    """``total`` steps split over segments in proportion to ``weights``, at least one each, summing to ``total``
+    exactly (largest remainders get the leftover steps): rounding each share alone missed the asked length."""
+    shares = [(total - len(weights)) * w / sum(weights) for w in weights]
+    counts = [1 + int(share) for share in shares]
+    by_remainder = sorted(range(len(weights)), key=lambda i: int(shares[i]) - shares[i])
+    for i in by_remainder[:total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
 def _plan(rng: np.random.Generator, movable: SceneObject, target: SceneObject, n_steps: int) -> np.ndarray:
     """Commanded poses (n_steps, 7): reach, descend, close, lift, carry, lower, open, retreat."""
     start = np.array([rng.uniform(0.22, 0.30), rng.uniform(-0.05, 0.05), 0.12, 0.0, 0.0, 0.0, 1.0])
@@ -99,12 +111,13 @@ def _plan(rng: np.random.Generator, movable: SceneObject, target: SceneObject, n
     open_b = at_b.copy(); open_b[6] = 1.0
     retreat = open_b.copy(); retreat[2] = HOVER_Z + 0.02
     waypoints = [start, above_a, at_a, closed_a, lifted, above_b, at_b, open_b, retreat]
-    fixed = {2: 3, 6: 2}  # segment index -> steps (gripper closing / opening take a few steps)
     lengths = [float(np.linalg.norm(b[:3] - a[:3])) + 1e-3 for a, b in zip(waypoints, waypoints[1:])]
-    movable_budget = max(len(lengths) - len(fixed), n_steps - 2 - sum(fixed.values()))
-    moving = [i for i in range(len(lengths)) if i not in fixed]
-    total = sum(lengths[i] for i in moving)
-    counts = {i: max(1, round(movable_budget * lengths[i] / total)) for i in moving} | fixed
+    moving = [i for i in range(len(lengths)) if i not in GRIPPER_SEGMENTS]
+    shortest = 2 + sum(GRIPPER_SEGMENTS.values()) + len(moving)
+    if n_steps < shortest:
+        raise ValueError(f"a pick-and-place episode needs at least {shortest} steps, asked for {n_steps}")
+    budget = n_steps - 2 - sum(GRIPPER_SEGMENTS.values())
+    counts = dict(zip(moving, _apportion(budget, [lengths[i] for i in moving]))) | GRIPPER_SEGMENTS
     poses = [start, start]  # the first step does not move: its action is all zeros, as in BridgeData
     for i, (a, b) in enumerate(zip(waypoints, waypoints[1:])):
         for k in range(1, counts[i] + 1):

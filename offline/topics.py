@@ -1,7 +1,7 @@
 """Topic names inside converted bags, and the defaults replay maps them to in the live graph.
 
 Bags keep BridgeData's own names (``/bridge/...``) so a bag says where it came from; replay remaps them onto
-whatever the nodes subscribe to (``--map``), like ``ros2 bag play --remap``.
+whatever the nodes subscribe to (``--remap FROM:=TO``), like ``ros2 bag play --remap``.
 """
 
 from __future__ import annotations

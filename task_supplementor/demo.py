@@ -18,8 +18,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from task_supplementor.up import NodeDied, SuiteProcesses
+
+if TYPE_CHECKING:
+    from offline.replay import ReplayConfig
 
 DEFAULT_WORK_DIR = Path("artifacts/demo")
 
@@ -162,10 +166,18 @@ def isolate_ros_graph() -> str:
     return os.environ["ROS_DOMAIN_ID"]
 
 
+def replay_config(config: DemoConfig, bags: Path, run_dir: Path) -> ReplayConfig:
+    """The lockstep replay of exactly the episodes the demo was asked for (``--episodes`` of ``--split``), not
+    every episode an earlier demo left converted in the same work dir."""
+    from offline.replay import ReplayConfig
+
+    return ReplayConfig(manifest=bags, split=config.split, episodes=config.episodes, out=run_dir, mode="lockstep",
+                        max_frames=config.max_frames)
+
+
 def run_demo(config: DemoConfig) -> int:
     from offline.convert import ConvertConfig, convert
     from offline.inspect_bag import InspectConfig, inspect_bag
-    from offline.replay import ReplayConfig
 
     started = time.monotonic()
     work = config.work_dir
@@ -194,8 +206,7 @@ def run_demo(config: DemoConfig) -> int:
              f"ROS_DOMAIN_ID={domain}, this host only); logs in {run_dir / 'logs'}")
     with SuiteProcesses(arguments, log_dir=run_dir / "logs") as suite:
         stage(5, "lockstep replay: frame t -> facts for t -> action for t -> frame t+1")
-        result = replay_with_watchdog(suite, ReplayConfig(manifest=bags, split=config.split, out=run_dir,
-                                                          mode="lockstep", max_frames=config.max_frames))
+        result = replay_with_watchdog(suite, replay_config(config, bags, run_dir))
 
     stage(6, "summary and contact sheet")
     summary = summarise(result.frames)
@@ -215,7 +226,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="real BridgeData v2: the TFDS data dir holding bridge_dataset/1.0.0 (or bridge_orig)")
     parser.add_argument("--split", default=defaults.split)
-    parser.add_argument("--episodes", default=defaults.episodes, help="episode range START:STOP to use")
+    parser.add_argument("--episodes", default=defaults.episodes,
+                        help="episodes of --split to convert and replay: START:STOP or one index")
     parser.add_argument("--max-frames", type=int, default=None, help="frames per episode (default: all)")
     parser.add_argument("--supplementor-checkpoint", type=Path, default=None,
                         help="a Qwen2.5-VL checkpoint dir (default: the tiny random one)")

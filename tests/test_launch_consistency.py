@@ -50,22 +50,49 @@ def launch_nodes(path: Path) -> list[dict[str, str]]:
     return found
 
 
+def included_launch_files(path: Path) -> set[str]:
+    """Names of the launch files a launch file includes (``*.launch.py`` literals inside IncludeLaunchDescription)."""
+    included: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "IncludeLaunchDescription":
+            included |= {leaf.value for leaf in ast.walk(node)
+                         if isinstance(leaf, ast.Constant) and str(leaf.value).endswith(".launch.py")}
+    return included
+
+
+NODE_LAUNCH_FILES = [path for path in LAUNCH_FILES if launch_nodes(path)]  # files with Node(...) calls of their own
+
+
 def test_launch_files_exist_and_are_installed() -> None:
     assert {p.name for p in LAUNCH_FILES} >= {"suite.launch.py", "replay.launch.py"}
     setup_source = (REPO / "setup.py").read_text()
     assert 'glob("launch/*.launch.py")' in setup_source and 'glob("config/*.yaml")' in setup_source
 
 
-@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NODE_LAUNCH_FILES, ids=lambda p: p.name)
 def test_launch_nodes_name_installed_executables_and_known_nodes(path: Path) -> None:
     specs = {spec.executable: spec for spec in bringup.SUITE}
     scripts = console_scripts()
-    for call in launch_nodes(path):
+    calls = launch_nodes(path)
+    for call in calls:
         assert call.get("package") == "task_supplementor", f"{path.name}: {call}"
         executable = call.get("executable")
         assert executable in scripts, f"{path.name}: executable {executable!r} is not a console script in setup.py"
         assert executable in specs, f"{path.name}: {executable!r} is not a node of the suite (bringup.SUITE)"
         assert call.get("name") == specs[executable].name, f"{path.name}: node name {call.get('name')!r}"
+    assert sorted(call.get("executable") for call in calls) == sorted(specs), f"{path.name} starts {calls}"
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_every_launch_file_starts_the_suite_itself_or_through_a_checked_one(path: Path) -> None:
+    """A launch file without Node(...) calls (replay.launch.py) must get its nodes from a launch file that the test
+    above checks; otherwise nothing here would say which nodes it starts."""
+    if path in NODE_LAUNCH_FILES:
+        return
+    included = included_launch_files(path)
+    checked = {p.name for p in NODE_LAUNCH_FILES}
+    assert included & checked, f"{path.name} starts no node and includes none of {sorted(checked)} (it includes " \
+                               f"{sorted(included) or 'nothing'})"
 
 
 def test_setup_cfg_installs_executables_where_ros2_run_looks() -> None:

@@ -7,6 +7,7 @@ the converter, so a converter that altered bytes or actions would fail.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,6 +162,68 @@ def test_bridge_orig_conventions_are_applied_and_recorded(synthetic_bridge, tfds
                                   np.array([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.6], np.float32))
 
 
+def test_bridge_orig_refuses_an_episode_too_short_to_keep_a_frame(tfds_episodes, tmp_path):
+    from offline.episode_bag import BagOptions, write_episode_bag
+    from offline.tfds_source import SourceEpisode
+
+    full = tfds_episodes["val"][0]
+    short = SourceEpisode(split="val", index=0, episode_id=0, file_path="val/0", instruction=full["task"],
+                          states=full["states"][:2], actions=full["actions"][:2],
+                          jpegs={cam: jpegs[:2] for cam, jpegs in full["jpegs"].items()})
+    with pytest.raises(ValueError, match="2 step.*need at least 3"):
+        write_episode_bag(short, tmp_path / "short", BagOptions(bridge_orig=True))
+    assert not (tmp_path / "short").exists()  # no empty bag to journal as converted
+
+
+def test_resume_redoes_missing_or_damaged_bags_and_replay_refuses_them(synthetic_bridge, converted, tmp_path):
+    from offline.replay import ReplayConfig, replay
+
+    out = tmp_path / "bags"
+    first = _convert(synthetic_bridge, out, "--episodes", "2:5")
+    missing, damaged, intact = (first.episodes[f"train_{i:06d}"] for i in (2, 3, 4))
+    shutil.rmtree(first.bag_path(missing))
+    with (first.bag_path(damaged) / "metadata.yaml").open("a") as handle:
+        handle.write("# changed on disk\n")
+    with pytest.raises(ValueError, match=f"{damaged.name}: .*checksum"):
+        replay(ReplayConfig(manifest=out, episodes="3", discovery_timeout_s=1.0))
+    with pytest.raises(ValueError, match=f"{missing.name}: .*missing"):
+        replay(ReplayConfig(manifest=out, episodes="2:4", discovery_timeout_s=1.0))
+
+    resumed = _cli("convert", "--data-dir", str(synthetic_bridge), "--out", str(out), "--no-progress",
+                   "--episodes", "2:5")
+    assert "converted 2 (2 redone: bag missing or damaged), already done 1, failed 0" in resumed.stdout
+    assert f"redoing {missing.name}: its folder" in resumed.stderr
+    assert f"redoing {damaged.name}: its files" in resumed.stderr
+    final = Manifest.load(out)
+    assert {name: r.checksum for name, r in final.episodes.items()} == \
+        {r.name: converted.episodes[r.name].checksum for r in (missing, damaged, intact)}
+    assert all(final.bag_damage(r) is None for r in final.episodes.values())
+
+
+def test_a_damaged_manifest_line_is_refused_and_deletes_nothing(synthetic_bridge, tmp_path):
+    out = tmp_path / "bags"
+    manifest = _convert(synthetic_bridge, out, "--episodes", "2:5")
+    lines = manifest.path.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2][: len(lines[2]) // 2] + b"\n"  # the second episode line, not the last line
+    manifest.path.write_bytes(b"".join(lines))
+    before = manifest.path.read_bytes()
+    done = _cli("convert", "--data-dir", str(synthetic_bridge), "--out", str(out), "--no-progress",
+                "--episodes", "2:5", check_rc=(2,))
+    assert "manifest.jsonl line 3 is damaged" in done.stderr and "Traceback" not in done.stderr
+    assert manifest.path.read_bytes() == before
+    assert all(manifest.bag_path(r).is_dir() for r in manifest.episodes.values())
+
+
+def test_convert_refuses_bad_input_before_writing(synthetic_bridge, tmp_path):
+    done = _cli("convert", "--data-dir", str(synthetic_bridge), "--out", str(tmp_path / "x"), "--episodes", "9:12",
+                check_rc=(2,))
+    assert f"out of range: the split has {TRAIN_EPISODES} episodes" in done.stderr
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "afile").write_text("not a folder")
+    done = _cli("convert", "--data-dir", str(synthetic_bridge), "--out", str(tmp_path / "afile"), check_rc=(2,))
+    assert "is a file, not a folder" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_wrong_dataset_dir_says_what_was_expected_and_found(synthetic_bridge, tmp_path):
     done = _cli("convert", "--data-dir", str(synthetic_bridge.parent), "--out", str(tmp_path / "x"), check_rc=(2,))
     assert "bridge_orig/1.0.0/dataset_info.json" in done.stderr
@@ -185,7 +248,52 @@ def test_inspect_reports_topics_tasks_and_draws_a_contact_sheet(converted, tmp_p
         assert sheet.size == (3 * 256, 2 * (256 + 120))
 
 
-def test_realtime_replay_publishes_every_frame_at_the_rate_onto_the_live_topic(converted, tmp_path):
+def test_a_bag_folder_without_its_storage_file_is_a_one_line_error(converted, tmp_path):
+    bag = tmp_path / "no_db3"
+    bag.mkdir()
+    shutil.copy(converted.bag_path(_records(converted)[0]) / "metadata.yaml", bag)
+    for command in (("inspect", str(bag)), ("replay", str(bag), "--discovery-timeout", "1")):
+        done = _cli(*command, check_rc=(2,))
+        assert "is not a readable rosbag2 folder" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    done = _cli("inspect", str(converted.bag_path(_records(converted)[0])), "--frames", "0", "--contact-sheet",
+                str(tmp_path / "s.png"), check_rc=(2,))
+    assert "--frames >= 1" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_replay_episodes_are_indices_in_the_split_as_in_the_bag_names(converted, capsys):
+    from offline.replay import ReplayConfig, select_bags
+    from task_supplementor.demo import DemoConfig, replay_config
+
+    def names(config: ReplayConfig) -> list[str]:
+        return [name for name, _ in select_bags(config)]
+
+    assert names(ReplayConfig(manifest=converted.out_dir, episodes="2:4")) == ["train_000002", "train_000003"]
+    assert names(ReplayConfig(manifest=converted.out_dir, split="train", episodes="4")) == ["train_000004"]
+    assert names(ReplayConfig(manifest=converted.out_dir, episodes="0:3")) == ["train_000000", "train_000002"]
+    assert f"not replaying train_{CORRUPT_INDEX:06d}: its conversion failed" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no converted episode in the selection"):
+        select_bags(ReplayConfig(manifest=converted.out_dir, episodes=str(CORRUPT_INDEX)))
+    demo = replay_config(DemoConfig(episodes="3:5"), converted.out_dir, Path("run"))  # the demo replays its own
+    assert names(demo) == ["train_000003", "train_000004"]
+
+
+def test_replay_refuses_remaps_of_topics_it_does_not_publish(converted):
+    from offline.replay import ReplayConfig, replay
+
+    bag = converted.bag_path(_records(converted)[0])
+    for source in (topics.ACTION, "/bridge/stat"):  # the ground truth is recorded, not published; a typo
+        with pytest.raises(ValueError, match=f"--remap {source} .*remappable topics: .*{topics.STATE}"):
+            replay(ReplayConfig(bags=[bag], remaps={source: "/elsewhere"}, discovery_timeout_s=1.0))
+
+
+def _lateness(start_ns: int, published_ns: list[int], bag_stamps: list[int], rate: float) -> list[float]:
+    """Per frame: seconds it went out after its place in the bag's schedule divided by ``rate``, counted from the
+    bag's first publication (``start_ns``, scheduled at the first frame's stamp); negative = ahead of schedule."""
+    return [(p - start_ns) / 1e9 - (b - bag_stamps[0]) / 1e9 / rate for p, b in zip(published_ns, bag_stamps)]
+
+
+def test_realtime_replay_publishes_every_frame_at_the_rate_with_stamps_unique_in_the_run(converted, tmp_path):
     import threading
 
     import rclpy
@@ -196,7 +304,9 @@ def test_realtime_replay_publishes_every_frame_at_the_rate_onto_the_live_topic(c
     from offline.replay import ReplayConfig, replay
     from task_supplementor.ros.qos import LATCHED_QOS, SENSOR_QOS
 
-    record = _records(converted)[0]
+    records = [_records(converted)[0], _records(converted)[1]]  # both converted from the same first stamp
+    other = _records(converted)[2]
+    rate = 4.0
     received: list[int] = []
     tasks: list[str] = []
     rclpy.init()
@@ -210,19 +320,37 @@ def test_realtime_replay_publishes_every_frame_at_the_rate_onto_the_live_topic(c
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     try:
-        result = replay(ReplayConfig(bags=[converted.bag_path(record)], mode="realtime", rate=4.0,
+        result = replay(ReplayConfig(bags=[converted.bag_path(r) for r in records], mode="realtime", rate=rate,
                                      out=tmp_path / "rt"))
         time.sleep(0.3)
+        frames_file = (tmp_path / "rt" / "frames.jsonl").read_bytes()
+        with pytest.raises(FileExistsError, match="already holds a replay"):  # a second run never mixes into it
+            replay(ReplayConfig(bags=[converted.bag_path(other)], mode="realtime", rate=rate, out=tmp_path / "rt"))
     finally:
         executor.shutdown()
         node.destroy_node()
         rclpy.shutdown()
-    bag = _read_bag(converted.bag_path(record))
-    expected = [stamp for stamp, _ in bag[topics.camera_topic("image_0", True)]]
-    assert received == expected and tasks == [record.task]
-    assert [f["stamp_ns"] for f in result.frames] == expected
-    assert result.summary["wall_s"] >= (record.steps - 1) * 0.2 / 4.0  # never ahead of the bag's schedule
-    assert (tmp_path / "rt" / "records" / record.name / "metadata.yaml").is_file()
+    assert (tmp_path / "rt" / "frames.jsonl").read_bytes() == frames_file
+    assert not (tmp_path / "rt" / "records" / other.name).exists()
+    assert tasks == [r.task for r in records]
+    assert len(set(received)) == len(received), "two frames of one run were published with the same stamp"
+    assert received == [f["stamp_ns"] for f in result.frames]
+    stamps = {}
+    for record in records:
+        bag_stamps = [stamp for stamp, _ in _read_bag(converted.bag_path(record))[topics.camera_topic("image_0", True)]]
+        mine = [f for f in result.frames if f["bag"] == record.name]
+        assert [f["bag_stamp_ns"] for f in mine] == bag_stamps and [f["step"] for f in mine] == list(range(len(mine)))
+        recorded = _read_bag(tmp_path / "rt" / "records" / record.name)  # inputs at their publish time
+        started = min(log_ns for messages in recorded.values() for log_ns, _ in messages)
+        lateness = _lateness(started, [f["timing"]["published_ns"] for f in mine], bag_stamps, rate)
+        assert min(lateness) > -0.005, f"published ahead of the bag's schedule: {lateness}"
+        assert max(lateness) < 0.25, f"fell behind the bag's schedule at rate {rate}: {lateness}"
+        stamps[record.name] = [f["stamp_ns"] for f in mine]
+        truth = recorded[topics.ACTION]
+        assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in truth] == stamps[record.name]
+    first, second = (stamps[r.name] for r in records)
+    assert first == [f["bag_stamp_ns"] for f in result.frames if f["bag"] == records[0].name]  # first bag: as is
+    assert min(second) > max(first)
 
 
 def test_lockstep_replay_through_the_running_nodes_records_one_output_per_frame(converted, tiny_models, tmp_path):
@@ -261,3 +389,45 @@ def test_lockstep_replay_through_the_running_nodes_records_one_output_per_frame(
     assert counts["/vla/action"] == frames and counts["/camera/image_raw/compressed"] == frames
     lines = (result.out / "frames.jsonl").read_text().splitlines()
     assert len(lines) == frames
+
+
+def test_lockstep_replay_of_two_bags_with_one_task_fuses_only_each_frames_own_facts(converted, tiny_models, tmp_path):
+    """Converted bags all start at the same stamp: replayed in one run, the second bag's frames must not be
+    answered with the facts the first bag's frames got (same task, same stamps) nor linked to its outputs."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("vla_node.node") is None:  # found, not imported: keep torch out of this process
+        pytest.skip("vla_node.node (issue 4) has not landed yet")
+    from offline.replay import ReplayConfig, replay
+
+    record = _records(converted)[0]
+    bags = [tmp_path / "take_1", tmp_path / "take_2"]  # the same episode twice: one task, one set of stamps
+    for bag in bags:
+        shutil.copytree(converted.bag_path(record), bag)
+    frames = 2
+    supplementor = start_node("supplementor_node.node", "supplementor.yaml",
+                              {"checkpoint": str(tiny_models / "qwen2_5_vl_tiny"), "device": "cpu",
+                               "max_new_tokens": "256", "rate_hz": "30.0"}, tmp_path / "supplementor.log")
+    vla = start_node("vla_node.node", "vla.yaml",
+                     {"checkpoint": str(tiny_models / "openvla_tiny"), "device": "cpu", "prompt_mode": "supplement",
+                      "require_frame_facts": "true", "fuse_invalid_facts": "true", "control_rate_hz": "30.0"},
+                     tmp_path / "vla.log")
+    try:
+        result = replay(ReplayConfig(bags=bags, max_frames=frames, out=tmp_path / "lockstep", action_timeout_s=20.0,
+                                     startup_timeout_s=60.0))
+    finally:
+        stopped = stop_nodes({"supplementor": (supplementor, tmp_path / "supplementor.log"),
+                              "vla": (vla, tmp_path / "vla.log")}, signal.SIGINT)
+    logs = "\n".join(f"--- {name} (exit {s.code})\n{s.log_tail[-3000:]}" for name, s in stopped.items())
+    timing = [(f["bag"], f["frame"], f["timing"]) for f in result.frames]
+    assert result.summary["timeouts"] == 0, logs
+    for entry in result.frames:
+        assert entry["facts_for_frame"] == 1 and entry["actions_for_frame"] == 1, (timing, logs)
+        assert entry["action"]["prompt_mode"] == "supplement"
+        # require_frame_facts: the VLA acts on a frame only once its facts exist, so they are heard first
+        assert entry["timing"]["facts_wait_s"] < entry["timing"]["action_wait_s"], \
+            f"{entry['bag']} frame {entry['frame']} was acted on before its own facts came: {timing}"
+    stamps = [f["stamp_ns"] for f in result.frames]
+    assert len(set(stamps)) == len(stamps) == 2 * frames
+    assert [(f["bag"], f["step"]) for f in result.frames] == [(b.name, s) for b in bags for s in range(frames)]
