@@ -20,7 +20,7 @@ REPLAY_ARGUMENTS = {
     "manifest": ("", "conversion folder or its manifest.jsonl (the bag selection)"),
     "bags": ("", "space-separated bag folders (instead of manifest)"),
     "split": ("", "manifest selection: only this split"),
-    "episodes": ("", "manifest selection: START:STOP"),
+    "episodes": ("", "manifest selection: episode indices within the split, START:STOP or one index"),
     "mode": ("lockstep", "lockstep | realtime"),
     "rate": ("1.0", "realtime speed factor"),
     "camera": ("image_0", "bag camera that feeds the nodes' camera topic"),
