@@ -91,6 +91,8 @@ CASES = [
     ("over-long supplement", facts_json([{"name": "x" * 200}, {"name": "y" * 200}]), TASK,
      ["supplement_too_long_chars"]),
     ("dangling relation", facts_json([BLOCK], [LEFT_OF]), TASK, ["unlisted_relation_object"]),
+    ("relation to itself", facts_json([BLOCK, PLATE], [dict(LEFT_OF, object="Red Block ")]), TASK,
+     ["self_relation"]),
 ]
 
 

@@ -10,6 +10,7 @@ Rules (names are stable: they appear in VisualFacts.violations, check-facts tabl
   ``supplement_too_long_tokens``: the size bounds of :class:`Limits`.
 - ``unlisted_relation_object``: a relation names something that is neither a listed object nor the gripper, which
   makes the facts internally inconsistent.
+- ``self_relation``: a relation between a thing and itself ("cup left of cup"): nothing a camera could verify.
 - ``unparseable``: added by :func:`task_supplementor.facts.evaluate_output` when there are no facts at all.
 """
 
@@ -178,6 +179,8 @@ def _check_relations(facts: Facts, report: ValidationReport) -> None:
         for role, value in (("subject", rel.subject), ("object", rel.object)):
             if value.strip().lower() not in names:
                 _add(report, "unlisted_relation_object", f"relations[{i}].{role} {value!r} is not a listed object")
+        if rel.subject.strip().lower() == rel.object.strip().lower():
+            _add(report, "self_relation", f"relations[{i}] relates {rel.subject!r} to itself")
 
 
 def _add(report: ValidationReport, rule: str, detail: str) -> None:
