@@ -189,7 +189,8 @@ class FastQwenGreedy:
                 fn()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # a capture stream of this device (torch's default one belongs to the device of the process's first capture)
+        with torch.cuda.graph(graph, pool=self._pool, stream=torch.cuda.Stream()):
             output = fn()
         return output, graph
 
@@ -267,6 +268,14 @@ class FastQwenGreedy:
         ``inputs``: what :class:`QwenVLInputBuilder` builds (input_ids, attention_mask, mm_token_type_ids,
         pixel_values, image_grid_thw). ``streamer`` gets ``put(prompt ids)`` then ``put(new ids)`` per step.
         """
+        if not self.use_graphs:
+            return self._generate(inputs, max_new_tokens, min_new_tokens, logits_processors, streamer)
+        # streams, graphs and their memory pool belong to the current device: make it the model's (e.g. cuda:1)
+        with torch.cuda.device(self.device):
+            return self._generate(inputs, max_new_tokens, min_new_tokens, logits_processors, streamer)
+
+    def _generate(self, inputs: dict, max_new_tokens: int, min_new_tokens: int,
+                  logits_processors: Sequence[LogitsProcessor], streamer) -> torch.Tensor:
         device = self.device
         input_ids = inputs["input_ids"].to(device)
         attention = inputs["attention_mask"].to(device)

@@ -60,3 +60,22 @@ def test_same_ids_as_generate_under_the_json_constraint(qwen):
     got = FastQwenGreedy(model).generate(inputs, max_new_tokens=24, logits_processors=[constraint.logits_processor()])
     assert torch.equal(got, expected), (got.tolist(), expected.tolist())
     assert builder.tokenizer.decode(got[0]).startswith("{")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (a model on the second one)")
+def test_graphs_on_the_second_gpu_give_generates_ids(tiny_models):
+    """CUDA graphs, their streams and memory pool on the model's device (cuda:1), not the current one (cuda:0)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    checkpoint = tiny_models / "qwen2_5_vl_tiny"
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).to("cuda:1").eval()
+    fast = FastQwenGreedy(model)
+    assert fast.use_graphs and torch.cuda.current_device() == 0
+    first = torch.cuda.CUDAGraph()  # a capture on cuda:0 first: torch's default capture stream is then cuda:0's
+    with torch.cuda.graph(first):
+        torch.ones(4, device="cuda:0").mul_(2)
+    builder = QwenVLInputBuilder(checkpoint, max_pixels=256 * 28 * 28)
+    inputs = {k: v.to("cuda:1") for k, v in builder.build(_prompts([256, 224], ["What?", "What is visible?"])).items()}
+    expected = _reference(model, inputs, max_new_tokens=12)
+    for _ in range(2):  # capture, then replay
+        assert torch.equal(fast.generate(inputs, max_new_tokens=12).cpu(), expected.cpu())

@@ -88,6 +88,22 @@ def test_a_full_gpu_evicts_old_graphs_and_keeps_answering(runtimes, monkeypatch)
     np.testing.assert_array_equal(got.token_ids, eager.predict(images, prompts, "bridge_orig").token_ids)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (a model on the second one)")
+def test_a_model_on_the_second_gpu_graphs_and_streams_there(runtimes, checkpoint):
+    """Graphs, their streams and the results' events belong to the model's device, not the current one (cuda:0),
+    also after graphs were captured on cuda:0 in the same process (torch's default capture stream is then cuda:0's)."""
+    from vla_node.runtime import OpenVLARuntime
+
+    graphed, eager = runtimes
+    graphed.predict(*_batch(2, 39), "bridge_orig")  # a capture on cuda:0 first
+    second = OpenVLARuntime.from_pretrained(checkpoint, dtype=torch.float32, device_map="cuda:1")
+    assert second.graphed is not None and second.device == torch.device("cuda:1")
+    assert torch.cuda.current_device() == 0
+    batches = [_batch(count, seed) for seed, count in enumerate((3, 1, 3), start=40)]
+    for (images, prompts), got in zip(batches, second.predict_stream(iter(batches), "bridge_orig")):
+        np.testing.assert_array_equal(got.token_ids, eager.predict(images, prompts, "bridge_orig").token_ids)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (the LLM split over two)")
 def test_llm_split_over_two_gpus_gives_the_one_gpu_actions(runtimes, checkpoint):
     """``device_map="cuda:0,cuda:1"``: vision, projector and the first half of the layers on cuda:0, the rest and the

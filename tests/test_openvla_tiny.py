@@ -273,3 +273,90 @@ def test_predict_stream_hands_back_finished_batches_before_a_bad_one_fails(runti
                                   runtime.predict(images[:2], [prompt] * 2, "bridge_orig").token_ids)
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         next(stream)
+
+
+def test_predict_stream_hands_back_the_finished_batch_when_its_source_fails(runtime):
+    """The batches' reader itself failing (a corrupt file) must not take the batch already on the way with it."""
+    images = _images(2)
+    prompt = official_prompt("open the drawer")
+
+    def reader():
+        yield images, [prompt] * 2
+        raise OSError("episode_000007.tfrecord: corrupt record")
+
+    stream = runtime.predict_stream(reader(), "bridge_orig")
+    np.testing.assert_array_equal(next(stream).token_ids,
+                                  runtime.predict(images, [prompt] * 2, "bridge_orig").token_ids)
+    with pytest.raises(OSError, match="corrupt record"):
+        next(stream)
+
+
+def _damaged_copy(checkpoint: Path, out: Path, damage) -> Path:
+    import shutil
+
+    shutil.copytree(checkpoint, out)
+    damage(out)
+    return out
+
+
+def _truncate_shard(out: Path) -> None:
+    shard = out / "model-00002-of-00003.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-1000])
+
+
+def _drop_field(name: str):
+    def damage(out: Path) -> None:
+        config = json.loads((out / "config.json").read_text())
+        del config[name]
+        (out / "config.json").write_text(json.dumps(config))
+    return damage
+
+
+def _duplicate_lm_head(out: Path) -> None:
+    """lm_head.weight (index: shard 3) also written, zeroed, into shard 2: which copy loads would be an accident."""
+    from safetensors.torch import load_file, save_file
+
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    key = "language_model.lm_head.weight"
+    donor = load_file(out / index[key])[key]
+    shard = out / "model-00002-of-00003.safetensors"
+    tensors = load_file(shard)
+    tensors[key] = torch.zeros_like(donor)
+    save_file(tensors, shard, metadata={"format": "pt"})
+
+
+def _remove_shard(out: Path) -> None:
+    (out / "model-00003-of-00003.safetensors").unlink()
+
+
+@pytest.mark.parametrize("damage,message", [
+    (_truncate_shard, "model-00002-of-00003.safetensors: not a readable safetensors file"),
+    (_duplicate_lm_head, "language_model.lm_head.weight"),
+    (_remove_shard, "shards named in the index are missing: ['model-00003-of-00003.safetensors']"),
+    (_drop_field("timm_model_ids"), "missing field 'timm_model_ids'"),
+    (_drop_field("text_config"), "has no text_config"),
+], ids=["truncated shard", "tensor in two shards", "shard missing", "config field missing", "no text_config"])
+def test_a_damaged_checkpoint_is_refused_naming_what_is_wrong(checkpoint, tmp_path, damage, message):
+    from vla_node.checkpoint import CheckpointError, load_openvla
+
+    damaged = _damaged_copy(checkpoint, tmp_path / "damaged", damage)
+    with pytest.raises(CheckpointError) as caught:
+        load_openvla(damaged, dtype=torch.float32, device_map="cpu")
+    assert message in str(caught.value)
+
+
+def test_an_empty_image_or_batch_is_refused(runtime):
+    prompt = official_prompt("open the drawer")
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        runtime.predict([np.zeros((0, 0, 3), dtype=np.uint8)], [prompt], "bridge_orig")
+    with pytest.raises(ValueError, match="at least one"):
+        runtime.predict([], [], "bridge_orig")
+
+
+def test_predict_from_ids_takes_images_resizes_or_pixel_values_alike(runtime):
+    images = _images(2)
+    ids = runtime.encode([official_prompt("open the drawer"), official_prompt("stack")])
+    expected = runtime.predict_from_ids(images, ids, "bridge_orig").token_ids
+    resized = runtime.preprocessor.resize(images)
+    for given in (resized, runtime.preprocessor.normalize(resized)):
+        np.testing.assert_array_equal(runtime.predict_from_ids(given, ids, "bridge_orig").token_ids, expected)

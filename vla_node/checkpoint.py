@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
@@ -25,11 +25,28 @@ class CheckpointError(RuntimeError):
     """The directory is not a loadable OpenVLA checkpoint (says which file/keys are wrong)."""
 
 
-def safetensors_files(checkpoint_dir: Path) -> list[Path]:
+def weight_map(checkpoint_dir: Path) -> dict[str, str] | None:
+    """The index's tensor name -> shard file name (None for a single-file checkpoint)."""
     index = checkpoint_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [checkpoint_dir / name for name in sorted(set(weight_map.values()))]
+    if not index.is_file():
+        return None
+    try:
+        mapping = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index}: not a shard index ({type(exc).__name__}: {exc})") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names")
+    return mapping
+
+
+def safetensors_files(checkpoint_dir: Path) -> list[Path]:
+    mapping = weight_map(checkpoint_dir)
+    if mapping is not None:
+        shards = [checkpoint_dir / name for name in sorted(set(mapping.values()))]
+        missing = [shard.name for shard in shards if not shard.is_file()]
+        if missing:
+            raise CheckpointError(f"{checkpoint_dir}: shards named in the index are missing: {missing}")
+        return shards
     single = checkpoint_dir / "model.safetensors"
     if single.is_file():
         return [single]
@@ -66,29 +83,39 @@ def place_modules(model: OpenVLAModel, devices: list[torch.device]) -> dict[str,
 def load_openvla(checkpoint_dir: str | Path, dtype: torch.dtype = torch.bfloat16,
                  device_map: str | Sequence[str] = "auto", attn_implementation: str = "sdpa") -> OpenVLAModel:
     checkpoint_dir = Path(checkpoint_dir)
-    config = OpenVLAConfig.from_dir(checkpoint_dir)
+    try:
+        config = OpenVLAConfig.from_dir(checkpoint_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CheckpointError(str(exc)) from None
     devices = parse_device_map(device_map)
     with torch.device("meta"):
         model = OpenVLAModel(config, attn_implementation)
     placement = place_modules(model, devices)
     expected = dict(model.state_dict())
     skipped = model.unused_checkpoint_prefixes()
+    mapping = weight_map(checkpoint_dir)
     state: dict[str, torch.Tensor] = {}
+    found_in: dict[str, str] = {}  # key -> the shard it came from
     unexpected: list[str] = []
     for path in safetensors_files(checkpoint_dir):
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            for key in handle.keys():
-                if key.startswith(skipped):
-                    continue
-                if key not in expected:
-                    unexpected.append(key)
-                    continue
-                tensor = handle.get_tensor(key)
-                if tuple(tensor.shape) != tuple(expected[key].shape):
-                    raise CheckpointError(f"{path.name}: {key} has shape {tuple(tensor.shape)}, the config "
-                                          f"implies {tuple(expected[key].shape)}")
-                device = next(d for prefix, d in placement.items() if key.startswith(prefix))
-                state[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                for key in handle.keys():
+                    _check_shard_of(key, path.name, found_in, mapping)
+                    if key.startswith(skipped):
+                        continue
+                    if key not in expected:
+                        unexpected.append(key)
+                        continue
+                    tensor = handle.get_tensor(key)
+                    if tuple(tensor.shape) != tuple(expected[key].shape):
+                        raise CheckpointError(f"{path.name}: {key} has shape {tuple(tensor.shape)}, the config "
+                                              f"implies {tuple(expected[key].shape)}")
+                    device = next(d for prefix, d in placement.items() if key.startswith(prefix))
+                    state[key] = tensor.to(device=device,
+                                           dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        except (SafetensorError, OSError) as exc:  # truncated or corrupt shard
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     missing = sorted(set(expected) - set(state))
     if missing or unexpected:
         raise CheckpointError(f"{checkpoint_dir}: missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}; "
@@ -99,6 +126,15 @@ def load_openvla(checkpoint_dir: str | Path, dtype: torch.dtype = torch.bfloat16
     if len(devices) > 1:
         _hook_device_transfers(model, placement)
     return model.eval().requires_grad_(False)
+
+
+def _check_shard_of(key: str, shard: str, found_in: dict[str, str], mapping: dict[str, str] | None) -> None:
+    """A tensor must be in exactly one shard, the one the index names: otherwise which copy loads is an accident."""
+    if key in found_in:
+        raise CheckpointError(f"{key} is in both {found_in[key]} and {shard}")
+    found_in[key] = shard
+    if mapping is not None and mapping.get(key) != shard:
+        raise CheckpointError(f"{shard} holds {key}, which the index places in {mapping.get(key) or 'no shard'}")
 
 
 def _hook_device_transfers(model: OpenVLAModel, placement: dict[str, torch.device]) -> None:

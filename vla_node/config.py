@@ -101,7 +101,6 @@ class OpenVLAConfig:
     norm_stats: dict[str, Any]
     pad_to_multiple_of: int = 64
     n_action_bins: int = 256
-    image_sizes: tuple[int, ...] = (224, 224)
     preprocess: ImagePreprocessConfig = field(default_factory=ImagePreprocessConfig)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -140,7 +139,6 @@ class OpenVLAConfig:
             norm_stats=raw.get("norm_stats") or {},
             pad_to_multiple_of=int(raw.get("pad_to_multiple_of", 64)),
             n_action_bins=int(raw.get("n_action_bins", 256)),
-            image_sizes=tuple(raw.get("image_sizes", (224, 224))),
             preprocess=(ImagePreprocessConfig.from_dict(preprocessor) if preprocessor
                         else _default_preprocess(raw, vision)),
             raw=raw,
@@ -152,10 +150,25 @@ class OpenVLAConfig:
         config_path = checkpoint_dir / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{checkpoint_dir} is not an OpenVLA checkpoint directory: no config.json")
-        raw = json.loads(config_path.read_text())
         pre_path = checkpoint_dir / "preprocessor_config.json"
-        pre = json.loads(pre_path.read_text()) if pre_path.is_file() else None
-        return cls.from_dict(raw, pre)
+        raw, pre = _read_json(config_path), (_read_json(pre_path) if pre_path.is_file() else None)
+        if not isinstance(raw.get("text_config"), dict) or not raw["text_config"]:
+            raise ValueError(f"{config_path} has no text_config (the Llama settings an OpenVLA config carries)")
+        try:
+            return cls.from_dict(raw, pre)
+        except (KeyError, TypeError, IndexError) as exc:  # a field the official layout always has
+            detail = f"missing field {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+            raise ValueError(f"{config_path} or {pre_path.name} is not an OpenVLA config ({detail})") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} cannot be read as JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a {type(value).__name__}, not a JSON object")
+    return value
 
 
 def _vit_spec(model_id: str, overrides: dict[str, Any], raw: dict[str, Any]) -> ViTSpec:

@@ -318,7 +318,9 @@ class GraphedGreedyDecoder:
                     self._frame(entry.images, entry.text, entry.text_mask, entry.kv, steps)
             torch.cuda.current_stream().wait_stream(side)
             entry.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(entry.graph, pool=self._pool):
+            # a capture stream of this device: torch's default one is made once per process, on whichever device
+            # was current at the first capture, and capturing another device's kernels on it fails
+            with torch.cuda.graph(entry.graph, pool=self._pool, stream=torch.cuda.Stream()):
                 entry.tokens = self._frame(entry.images, entry.text, entry.text_mask, entry.kv, steps)
         self._graphs[key] = entry
         while len(self._graphs) > self.max_graphs:
@@ -364,6 +366,13 @@ class GraphedGreedyDecoder:
             raise ValueError(f"{len(prompt_ids)} prompts for {images.shape[0]} images")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if not self.use_graphs:
+            return self._generate(images, prompt_ids, steps)
+        # streams, graphs and their memory pool belong to the current device: make it the model's (e.g. cuda:1)
+        with torch.cuda.device(self.runtime.device):
+            return self._generate(images, prompt_ids, steps)
+
+    def _generate(self, images: torch.Tensor, prompt_ids: Sequence[Sequence[int]], steps: int) -> torch.Tensor:
         text, text_mask = self.text_inputs(prompt_ids)
         entry = self._entry(images, text, steps)
         entry.images.copy_(self._staged(images), non_blocking=True)

@@ -61,6 +61,8 @@ class ImagePreprocessor:
 
     def resize(self, images: Sequence[ImageLike]) -> torch.Tensor:
         """Images -> (B, R, H, W, 3) uint8, exactly Pillow's resize of each (batches on a thread pool)."""
+        if len(images) == 0:
+            raise ValueError("no images: a batch needs at least one")
         if len(images) < 2:
             arrays = [self._resize_one(image) for image in images]
         else:
@@ -108,6 +110,6 @@ def to_pil_rgb(image: ImageLike) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     array = np.asarray(image)
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or array.size == 0:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got dtype={array.dtype} shape={array.shape}")
     return Image.fromarray(array, mode="RGB")

@@ -155,7 +155,8 @@ class OpenVLARuntime:
     # ---- public API ----------------------------------------------------------------------------------------
     def predict_from_ids(self, images: Sequence[ImageLike] | torch.Tensor, prompt_ids: Sequence[Sequence[int]],
                          unnorm_key: str | None) -> ActionPrediction:
-        """Images (or ready pixel_values) + token ids -> actions. Checks unnorm_key before any compute."""
+        """Images (or a tensor: float pixel_values, or the uint8 output of ``preprocessor.resize``) + token ids ->
+        actions, on every path. Checks unnorm_key before any compute."""
         return self._finish(self._launch(images, prompt_ids, unnorm_key), unnorm_key)
 
     def predict(self, images: Sequence[ImageLike], prompts: Sequence[str], unnorm_key: str | None,
@@ -171,15 +172,20 @@ class OpenVLARuntime:
         WHY: on a GPU the next batch's Pillow resizes and tokenisation run while the current batch is on the GPU
         (:meth:`GraphedGreedyDecoder.generate` returns before the GPU is done), so the CPU half of a frame costs no
         throughput. Results equal :meth:`predict` on each batch. Elsewhere it is simply :meth:`predict` in a loop.
-        A batch that fails (bad image, unknown prompt) raises after every batch before it has been yielded.
+        A batch that fails (bad image, unknown prompt), or ``batches`` itself raising (a reader hitting a corrupt
+        file), raises after every batch before it has been yielded.
         """
         self.decoder.resolve_key(unnorm_key)
         pending = None
-        for images, prompts in batches:
+        source = iter(batches)
+        while True:
             try:
+                images, prompts = next(source)
                 launched = self._launch(images, self.encode(prompts), unnorm_key)
+            except StopIteration:
+                break
             except Exception:
-                if pending is not None:  # a bad batch (e.g. a corrupt image) must not take the finished one with it
+                if pending is not None:  # the failure must not take the finished batch with it
                     yield self._finish(pending, unnorm_key)
                 raise
             if pending is not None:
@@ -194,16 +200,20 @@ class OpenVLARuntime:
         self.decoder.resolve_key(unnorm_key)
         steps = self.decoder.action_dim(unnorm_key)
         if self.graphed is None:
-            pixel_values = images if isinstance(images, torch.Tensor) else self.preprocessor(images)
+            if not isinstance(images, torch.Tensor):
+                pixel_values = self.preprocessor(images)
+            else:
+                pixel_values = images if images.is_floating_point() else self.preprocessor.normalize(images)
             return _PendingIds(self.generate(pixel_values, prompt_ids, steps=steps).token_ids, None)
         # uint8 resizes cross to the GPU and are normalised in the graph
         frames = images if isinstance(images, torch.Tensor) else self.preprocessor.resize(images)
-        token_ids = self.graphed.generate(frames, prompt_ids, steps=steps)
-        # copied out right behind this batch's graph, so waiting for it never waits for a batch launched later
-        host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
-        host.copy_(token_ids, non_blocking=True)
-        ready = torch.cuda.Event()
-        ready.record()
+        with torch.cuda.device(self.device):  # the copy and its event on the model's device's stream
+            token_ids = self.graphed.generate(frames, prompt_ids, steps=steps)
+            # copied out right behind this batch's graph, so waiting for it never waits for a batch launched later
+            host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
+            host.copy_(token_ids, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
         return _PendingIds(host, ready)
 
     def _finish(self, pending: _PendingIds, unnorm_key: str | None) -> ActionPrediction:
