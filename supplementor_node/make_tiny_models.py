@@ -7,6 +7,7 @@ through the same code as the real weights. Makers are registered in ``TINY_MAKER
 from __future__ import annotations
 
 import argparse
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,15 +33,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def ensure_tiny_models(out: Path, names: list[str], force: bool = False, report=None) -> dict[str, Path]:
-    """Build the named checkpoints under ``out`` unless already there (``force``: rebuild); name -> directory."""
+    """Build the named checkpoints under ``out`` unless already there (``force``: rebuild); name -> directory.
+
+    Each is built in ``<name>.partial`` and renamed when complete, so a build killed half-way is never taken for a
+    finished checkpoint (it is rebuilt next time).
+    """
     paths = {}
     for name in names:
         target = out / name
-        if (target / "config.json").exists() and not force:
+        if target.is_dir() and not force:
             if report:
                 report(f"{name}: exists at {target} (use --force to rebuild)")
         else:
-            TINY_MAKERS[name](target)
+            partial = target.with_name(f"{name}.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            TINY_MAKERS[name](partial)
+            shutil.rmtree(target, ignore_errors=True)
+            partial.rename(target)
             if report:
                 report(f"{name}: {target}")
         paths[name] = target

@@ -16,8 +16,8 @@ batch's GPU work where the path allows it (``native-graphed`` through :meth:`Ope
 users call; the other paths have no asynchronous call and run one batch after another). "model-only": the same batched
 call on inputs already preprocessed and on the device. ``--full-size`` builds the OpenVLA-7B architecture (DINOv2-L +
 SigLIP-so400m + Llama-2-7B) with random weights directly on the GPU in bf16 (no 15 GB CPU init); the compute is the
-real model's. Without it, the tiny random checkpoint (official layout) runs on CPU. Imports no ROS: it runs on a bare
-GPU machine.
+real model's. ``--checkpoint`` loads a real checkpoint instead; with neither, the tiny random checkpoint (official
+layout) runs, on the GPU when there is one, else on the CPU. Imports no ROS: it runs on a bare GPU machine.
 """
 
 from __future__ import annotations
@@ -42,10 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="OpenVLA-7B sizes, random weights, bf16, built on the GPU (needs cuda)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="a real OpenVLA checkpoint directory to load instead (e.g. openvla/openvla-7b)")
-    parser.add_argument("--device", default=None, help="default: cuda with --full-size/--checkpoint on GPU, else cpu")
+    parser.add_argument("--device", default=None, help="default: cuda when a GPU is available, else cpu")
     parser.add_argument("--batch", type=int, nargs="+", default=None,
                         help="batched sizes (default 64 128 on GPU, 8 on CPU)")
-    parser.add_argument("--iters", type=int, default=None, help="timed calls per measurement (default 30 GPU / 10 CPU)")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="timed calls at batch 1 (default 30 GPU / 10 CPU); batched: iters // 6, at least 2")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation, CUDA graphs)")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
     parser.add_argument("--no-record", action="store_true", help="print the table only (no docs/benchmarks.md)")
@@ -194,9 +195,12 @@ def _share_of_same_ids(ids: dict[int | str, np.ndarray], reference: dict[int | s
 def run(args: argparse.Namespace) -> int:
     from task_supplementor.bench import record_table
 
+    if args.full_size and args.checkpoint is not None:
+        print("bench vla: --full-size (random 7B weights) and --checkpoint (real weights) exclude each other")
+        return 2
     device = args.device or ("cuda" if (args.full_size or torch.cuda.is_available()) else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        print("bench vla: --full-size needs a CUDA GPU (torch.cuda.is_available() is False)")
+        print(f"bench vla: device {device} needs a CUDA GPU (torch.cuda.is_available() is False)")
         return 2
     on_gpu = device.startswith("cuda")
     batches = args.batch or ([64, 128] if on_gpu else [8])
@@ -242,7 +246,8 @@ def run(args: argparse.Namespace) -> int:
              "whose 7 action tokens equal the first path's (bf16 kernels of different shapes may round differently "
              "on GPU). Targets on one H100 (bf16): >= 15 actions/s at batch 1, "
              ">= 150 frames/s batched.")
-    title = f"VLA (OpenVLA) inference, {'full size' if args.full_size else 'tiny'} on {device}"
+    size = "full size" if args.full_size else (f"checkpoint {args.checkpoint.name}" if args.checkpoint else "tiny")
+    title = f"VLA (OpenVLA) inference, {size} on {device}"
     if args.no_record:
         print(table + "\n\n" + notes)
     else:

@@ -34,7 +34,6 @@ EMPTY_PIECE_ID = 29871  # "▁"
 COLON_ID = 29901  # ":"
 PAD_TOKEN = "<PAD>"
 N_BYTE_TOKENS = 256
-FIRST_PIECE_ID = 3 + N_BYTE_TOKENS
 
 DINOV2 = "vit_large_patch14_reg4_dinov2.lvd142m"
 SIGLIP = "vit_so400m_patch14_siglip_224"
