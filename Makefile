@@ -15,4 +15,4 @@ test: setup
 	@$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build install log .pytest_cache
+	rm -rf $(VENV) build install log .pytest_cache ros_ws/build ros_ws/install ros_ws/log

@@ -7,6 +7,7 @@ ends when the replay ends. For deterministic experiments also pass ``require_fra
 """
 
 import os
+import shutil
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, ExecuteProcess, IncludeLaunchDescription, \
@@ -25,14 +26,31 @@ REPLAY_ARGUMENTS = {
     "rate": ("1.0", "realtime speed factor"),
     "camera": ("image_0", "bag camera that feeds the nodes' camera topic"),
     "out": ("replay_out", "record folder (record bags, frames.jsonl, summary.json)"),
-    "action_timeout": ("10.0", "lockstep: seconds to wait for the action of a frame (a timeout is recorded)"),
+    "action_timeout": ("30.0", "lockstep: seconds to wait for the action of a frame (a timeout is recorded)"),
 }
+
+
+def replay_executable() -> str:
+    """``task-supplementor`` as this package installed it: colcon puts console scripts in ``lib/<package>`` (where
+    ``ros2 run`` looks, see setup.cfg), which is not on PATH; a source checkout's venv has it on PATH instead."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    try:
+        installed = os.path.join(get_package_prefix("task_supplementor"), "lib", "task_supplementor",
+                                 "task-supplementor")
+    except (PackageNotFoundError, OSError):  # not installed, or no ROS environment sourced (AMENT_PREFIX_PATH)
+        installed = ""
+    found = installed if os.path.isfile(installed) else shutil.which("task-supplementor")
+    if not found:
+        raise RuntimeError("task-supplementor not found: build the workspace (colcon build) and source "
+                           "install/setup.bash, or activate the venv made by make setup")
+    return found
 
 
 def replay_process(context) -> list:
     """``task-supplementor replay`` with the non-empty arguments, shutting the launch down when it exits."""
     value = {name: LaunchConfiguration(name).perform(context) for name in REPLAY_ARGUMENTS}
-    command = ["task-supplementor", "replay", *value["bags"].split(), "--mode", value["mode"], "--rate", value["rate"],
+    command = [replay_executable(), "replay", *value["bags"].split(), "--mode", value["mode"], "--rate", value["rate"],
                "--camera", value["camera"], "--out", value["out"], "--action-timeout", value["action_timeout"]]
     for name in ("manifest", "split", "episodes"):
         if value[name]:

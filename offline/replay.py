@@ -65,7 +65,8 @@ class ReplayConfig:
     task_topic: str = LIVE_TASK  # live task topic
     remaps: dict[str, str] = dataclasses.field(default_factory=dict)  # extra bag topic -> live topic
     max_frames: int | None = None  # per bag (quick runs)
-    action_timeout_s: float = 10.0  # lockstep: wait this long for the action of a frame
+    action_timeout_s: float = 30.0  # lockstep: wait this long for the action of a frame (a slow CPU supplementor
+    #                                 with its full token budget takes over 10 s; a stall is still noticed)
     wait_facts: bool = False  # lockstep: also wait for the frame's facts (VLA in mode none + supplementor running)
     startup_timeout_s: float = 120.0  # lockstep: the very first action may wait for models to load
     discovery_timeout_s: float = 30.0  # wait this long for a node to subscribe to the camera

@@ -49,6 +49,16 @@ if [ ! -x "$VENV/bin/python" ]; then
     fi
 fi
 VPY="$VENV/bin/python"
+# A venv made for the other mode cannot work: an isolated one does not see the sourced ROS's rclpy (and keeps the
+# wheels'), one that sees the system packages was made against a ROS that is no longer sourced.
+sees_system=$(sed -n 's/^include-system-site-packages *= *//p' "$VENV/pyvenv.cfg")
+if { [ "$MODE" = "system" ] && [ "$sees_system" != "true" ]; } || { [ "$MODE" = "wheels" ] && [ "$sees_system" = "true" ]; }
+then
+    say "$VENV was made $( [ "$sees_system" = "true" ] && echo "for a sourced ROS 2" || echo "without ROS 2 sourced")," \
+        "but now $( [ "$MODE" = "system" ] && echo "ROS 2 $ROS_DISTRO is sourced" || echo "no ROS 2 is sourced"):" \
+        "remove it (make clean) or set VENV=another/path, then run make setup again"
+    exit 1
+fi
 # pip.conf on these machines names local indexes that may not exist; their warnings are noise, errors still show.
 pip_install() {
     local rc=0
@@ -98,8 +108,12 @@ for path in pathlib.Path(venv).glob("share/*/cmake/export_*__rosidl_generator_py
 PY
 }
 
-h=$(inputs_hash "$MSGS_SRC/CMakeLists.txt" "$MSGS_SRC/package.xml" "$MSGS_SRC"/msg/*.msg; echo "$MODE")
-if stamp_ok msgs "$h" && "$VPY" -c 'from task_supplementor_msgs.msg import VisualFacts, WidowXAction' 2>/dev/null; then
+h=$(inputs_hash "$MSGS_SRC/CMakeLists.txt" "$MSGS_SRC/package.xml" "$MSGS_SRC"/msg/*.msg; echo "$MODE rpath")
+# Importing the Python module is not enough: the C type support (what a publisher needs) loads shared libraries.
+msgs_load='from task_supplementor_msgs.msg import VisualFacts, WidowXAction
+for cls in (VisualFacts, WidowXAction):
+    cls.__class__.__import_type_support__()'
+if stamp_ok msgs "$h" && "$VPY" -c "$msgs_load" 2>/dev/null; then
     say "task_supplementor_msgs: up to date"
 else
     say "task_supplementor_msgs: building with cmake into $VENV"
@@ -114,7 +128,9 @@ else
     mkdir -p "$MSGS_BUILD"
     # rosidl's generators run "python3" from PATH as well: it must be the venv's (it has ament_package, empy, lark).
     export PATH="$VENV/bin:$PATH"
+    # RPATH: the libraries land in $VENV/lib, which no loader path names when ROS comes from apt
     cmake -S "$MSGS_SRC" -B "$MSGS_BUILD" -DCMAKE_PREFIX_PATH="$prefix_path" -DCMAKE_INSTALL_PREFIX="$VENV" \
+        -DCMAKE_INSTALL_RPATH="$VENV/lib" -DCMAKE_INSTALL_RPATH_USE_LINK_PATH=ON \
         -DPython3_EXECUTABLE="$VPY" -DBUILD_TESTING=OFF > "$MSGS_BUILD.log" 2>&1 \
         || { cat "$MSGS_BUILD.log"; say "cmake configure of task_supplementor_msgs failed (log above)"; exit 1; }
     cmake --build "$MSGS_BUILD" -j "$(nproc)" >> "$MSGS_BUILD.log" 2>&1 \
@@ -126,8 +142,7 @@ else
         find "$VENV/lib" -maxdepth 3 -path '*site-packages/task_supplementor_msgs' -printf '%h\n' | head -1 \
             > "$site/task_supplementor_msgs_local.pth"
     fi
-    "$VPY" -c 'from task_supplementor_msgs.msg import VisualFacts, WidowXAction' \
-        || { say "task_supplementor_msgs was built but does not import"; exit 1; }
+    "$VPY" -c "$msgs_load" || { say "task_supplementor_msgs was built but does not load"; exit 1; }
     stamp_write msgs "$h"
 fi
 

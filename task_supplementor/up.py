@@ -1,8 +1,9 @@
 """``task-supplementor up``: the suite as plain processes, for environments without ``ros2 launch``.
 
 Starts the same executables as ``launch/suite.launch.py`` with the same YAML files and the same overrides (both go
-through :mod:`task_supplementor.bringup`). Ctrl-C stops every node cleanly and exits 0; if a node dies on its own,
-the others are stopped and the command exits non-zero, naming the node and its exit code.
+through :mod:`task_supplementor.bringup`). Ctrl-C stops every node and exits 0 when each stopped cleanly (exit 0),
+1 otherwise (e.g. a node that had to be killed); if a node dies on its own, the others are stopped and the command
+exits non-zero, naming the node and its exit code.
 
 The nodes run in their own process groups, so a terminal's Ctrl-C reaches only this command, which then stops them
 one at a time (see :meth:`SuiteProcesses.stop`); on Linux they are also told to stop if this command is killed
@@ -160,13 +161,19 @@ def run(args: argparse.Namespace) -> int:
             suite.check_alive()
             time.sleep(0.2)
     except KeyboardInterrupt:
-        for stop_signal in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the ordered stop short
-            signal.signal(stop_signal, signal.SIG_IGN)
+        _ignore_stop_signals()
         print("task-supplementor up: stopping the nodes one at a time", flush=True)
         codes = suite.stop()
         print(f"task-supplementor up: stopped ({', '.join(f'{n} exit {c}' for n, c in codes.items())})")
-        return 0
+        return 0 if all(code == 0 for code in codes.values()) else 1
     except NodeDied as died:
+        _ignore_stop_signals()
         suite.stop()
         print(f"task-supplementor up: {died}", file=sys.stderr)
         return died.returncode or 1
+
+
+def _ignore_stop_signals() -> None:
+    """While the nodes are being stopped: a (second) Ctrl-C or SIGTERM must not cut the ordered stop short."""
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, signal.SIG_IGN)

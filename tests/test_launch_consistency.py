@@ -245,12 +245,10 @@ def test_up_names_the_node_that_dies(tiny_models: Path, tmp_path: Path) -> None:
         (tmp_path / spec.params_file).write_text((CONFIG_DIR / spec.params_file).read_text())
     vla_yaml = tmp_path / "vla.yaml"
     vla_yaml.write_text(vla_yaml.read_text().replace("control_rate_hz: 5.0", "control_rate_hz: 5"))
-    started = time.monotonic()
     result = subprocess.run(up_command(tiny_models, "--config-dir", str(tmp_path)), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode != 0
     assert "node 'vla' exited with code" in result.stderr, result.stderr
-    assert time.monotonic() - started < 120
 
 
 def test_replay_launch_passes_only_options_the_replay_command_has() -> None:
