@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import importlib
 import platform
+import shlex
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -59,7 +60,7 @@ def package_versions() -> str:
 
 def record_table(title: str, table_markdown: str, notes: str = "", path: Path = BENCHMARKS_MD) -> str:
     """Print ``table_markdown`` with its provenance and append the same section to docs/benchmarks.md."""
-    command = "task-supplementor " + " ".join(sys.argv[1:]) if sys.argv else "task-supplementor bench"
+    command = "task-supplementor " + shlex.join(sys.argv[1:])  # quoted: pasted back, it runs the same benchmark
     section = "\n".join([
         f"## {title}",
         "",
@@ -76,19 +77,16 @@ def record_table(title: str, table_markdown: str, notes: str = "", path: Path = 
     print(section)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        path.write_text("# Benchmarks\n\nEvery table below was produced by the command shown beside it.\n\n")
+        path.write_text("# Benchmarks\n\nEach recorded section below was produced by the command shown in it.\n\n")
     with path.open("a", encoding="utf-8") as handle:
         handle.write(section + "\n")
     return section
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    target = next((a for a in sys.argv[2:] if a in TARGETS), None)
     sub = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
     for name, module_name in TARGETS.items():
-        target_parser = sub.add_parser(name, help=f"benchmark {name}")
-        if name == target:
-            importlib.import_module(module_name).add_arguments(target_parser)
+        importlib.import_module(module_name).add_arguments(sub.add_parser(name, help=f"benchmark {name}"))
 
 
 def run(args: argparse.Namespace) -> int:

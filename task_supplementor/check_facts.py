@@ -59,6 +59,9 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
             except json.JSONDecodeError as exc:
                 yield number, None, f"not JSON ({exc.msg} at column {exc.colno})"
                 continue
+            except (RecursionError, ValueError) as exc:  # nested too deep, an integer too long to convert
+                yield number, None, f"not readable JSON ({type(exc).__name__}: {str(exc)[:80]})"
+                continue
             if not isinstance(record, dict):
                 yield number, None, f"a JSON {type(record).__name__}, expected an object"
             elif not isinstance(record.get("task"), str):
@@ -79,9 +82,9 @@ def check_file(path: Path, limits: Limits, tokenizer: Any = None, verbose: bool 
         raw = record["output"] if isinstance(record.get("output"), str) else json.dumps(record["facts"])
         outcome = evaluate_output(raw, record["task"], limits, tokenizer)
         summary.add(outcome)
-        if verbose and not outcome.valid:
+        if verbose and not outcome.valid:  # stderr: stdout stays the table (or valid JSON with --json)
             for detail in outcome.details:
-                print(f"{path}:{number}: {detail}")
+                print(f"{path}:{number}: {detail}", file=sys.stderr)
     return summary
 
 
@@ -125,7 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="JSON-lines file, one {'task', 'output'|'facts'} object per line")
     parser.add_argument("--tokenizer", help="local tokenizer directory to enforce the token bound (e.g. the VLA's)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
-    parser.add_argument("--verbose", "-v", action="store_true", help="print every violation with its line number")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="print every violation with its line number (to stderr)")
     defaults = Limits()
     for name in ("max_objects", "max_relations", "max_attributes", "max_supplement_chars",
                  "max_supplement_tokens", "max_task_ngram"):
@@ -153,5 +157,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(summary))
     if summary.malformed:
         print(f"check-facts: {len(summary.malformed)} line(s) could not be read", file=sys.stderr)
+        return 1
+    if not summary.outputs:
+        print(f"check-facts: {args.file} holds no model outputs to judge", file=sys.stderr)
         return 1
     return 0

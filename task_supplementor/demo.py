@@ -96,8 +96,8 @@ def summarise(frames: list[dict]) -> dict:
         "timeouts": sum(bool(f["timed_out"]) for f in frames),
         "supplementor_latency_p50_s": percentile(facts_latency, 0.5),
         "supplementor_latency_p95_s": percentile(facts_latency, 0.95),
-        "vla_latency_p50_s": percentile(action_latency, 0.5),
-        "vla_latency_p95_s": percentile(action_latency, 0.95),
+        "action_latency_p50_s": percentile(action_latency, 0.5),
+        "action_latency_p95_s": percentile(action_latency, 0.95),
         "example_supplement": next((f["supplement"] for f in sorted(facts, key=lambda f: not f["valid"])
                                     if f["supplement"]), None),
         "fused_supplements": sum(bool(a["prompt_mode"] == "supplement") for a in actions),
@@ -118,7 +118,8 @@ def print_summary(summary: dict, run_dir: Path, sheet: Path | None, seconds: flo
         f"actions published: {summary['actions']}   clipped to WidowX bounds: {summary['actions_clipped']}",
         f"supplementor latency p50/p95: {ms(summary['supplementor_latency_p50_s'])} / "
         f"{ms(summary['supplementor_latency_p95_s'])}",
-        f"vla latency p50/p95: {ms(summary['vla_latency_p50_s'])} / {ms(summary['vla_latency_p95_s'])}",
+        f"frame -> action latency p50/p95: {ms(summary['action_latency_p50_s'])} / "
+        f"{ms(summary['action_latency_p95_s'])} (the vla's, waiting for the frame's facts included)",
     ]
     lines.append(f"actions whose prompt fused a supplement: {summary['fused_supplements']} of {summary['actions']}")
     if summary["example_supplement"]:

@@ -55,3 +55,27 @@ def test_check_facts_clean_file_exits_zero_and_missing_file_is_clear(tmp_path):
     assert ok.returncode == 0 and "too_many_objects" in ok.stdout
     missing = run_check(tmp_path / "nope.jsonl")
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_lines_json_cannot_read_are_malformed_and_verbose_keeps_json_output_valid(tmp_path):
+    """Nesting deeper than the decoder's recursion limit, or an integer past Python's digit limit, is a malformed
+    line like any other (not a traceback that loses the rest of the file); -v details go to stderr."""
+    path = tmp_path / "odd.jsonl"
+    path.write_text("\n".join([
+        "[" * 200_000,
+        '{"task": "t", "id": ' + "9" * 5000 + ', "output": "{}"}',
+        json.dumps({"task": TASK, "output": json.dumps({"objects": [{"name": "cup", "attributes": ["should go"]}]})}),
+    ]) + "\n", encoding="utf-8")
+    result = run_check(path, "--json", "-v")
+    assert result.returncode == 1
+    assert f"{path}:1: malformed line: not readable JSON (RecursionError" in result.stderr
+    assert f"{path}:2: malformed line: not readable JSON (ValueError" in result.stderr
+    assert f"{path}:3: action_advice" in result.stderr
+    assert json.loads(result.stdout)["outputs"] == 1
+
+
+def test_an_empty_file_is_not_a_clean_pass(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n", encoding="utf-8")
+    result = run_check(path)
+    assert result.returncode == 1 and "holds no model outputs" in result.stderr

@@ -121,6 +121,8 @@ def test_evaluate_output_table(case_id, raw, task, expected):
     # cut off after a whole nested object: that inner object decodes, but the output is still broken JSON
     ('{"objects":[{"name":"cup","attributes":[],"region":"left"},{"name":"pl', ParseErrorCode.INVALID_JSON),
     ('{"answer": 1}', ParseErrorCode.NOT_FACTS),
+    ('{"objects":' + "[" * 100_000 + "]" * 100_000 + "}", ParseErrorCode.INVALID_JSON),  # deeper than recursion
+    ('{"objects": [], "n": ' + "9" * 5000 + "}", ParseErrorCode.INVALID_JSON),  # past the integer digit limit
     ('{"objects": [{"name": ""}]}', ParseErrorCode.SCHEMA),
 ])
 def test_parse_error_codes_say_why(raw, code):

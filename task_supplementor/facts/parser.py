@@ -48,6 +48,9 @@ def _json_objects(text: str) -> tuple[list[dict[str, Any]], str | None]:
             first_error = first_error or f"{exc.msg} at character {exc.pos}"
             index = text.find("{", index + 1)
             continue
+        except (RecursionError, ValueError) as exc:  # nested too deep, or an integer too long to convert: stop
+            first_error = first_error or f"{type(exc).__name__}: {str(exc)[:80]}"  # (scanning on is quadratic)
+            break
         if isinstance(value, dict):
             objects.append(value)
         index = text.find("{", end)
