@@ -64,7 +64,14 @@ class QwenVLInputBuilder:
         self.image_pad_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
 
     def render_text(self, prompt: Prompt) -> str:
-        """Chat-formatted text with a single ``<|image_pad|>`` (the vLLM input form; expanded in :meth:`build`)."""
+        """Chat-formatted text with a single ``<|image_pad|>`` (the vLLM input form; expanded in :meth:`build`).
+
+        The user text carries the task, which arrives on a ROS topic: a chat control token in it (``<|im_end|>``,
+        ``<|image_pad|>``, ...) would be tokenised as that token and reshape the conversation, so it is refused.
+        """
+        control = [token for token in self.tokenizer.all_special_tokens + [IMAGE_PAD] if token in prompt.user]
+        if control:
+            raise ValueError(f"the prompt text contains chat control tokens {sorted(set(control))}: refused")
         messages = [
             {"role": "system", "content": prompt.system},
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.user}]},
@@ -75,7 +82,15 @@ class QwenVLInputBuilder:
     def build(self, prompts: list[Prompt]) -> dict:
         """Tensors for ``model.generate``: input_ids, attention_mask, mm_token_type_ids, pixel_values,
         image_grid_thw."""
-        images = self.image_processor([p.image for p in prompts], size=self.size, return_tensors="pt")
+        for prompt in prompts:
+            image = prompt.image
+            if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+                    and image.shape[2] == 3 and image.size):
+                raise ValueError(f"expected an HxWx3 uint8 RGB image, got {getattr(image, 'dtype', type(image))} "
+                                 f"{getattr(image, 'shape', '')}")
+        # channels_last said, not guessed: a frame 3 (or 1) pixels high would otherwise be read as channels-first
+        images = self.image_processor([p.image for p in prompts], size=self.size, return_tensors="pt",
+                                      input_data_format="channels_last")
         grid = images["image_grid_thw"]
         texts = []
         for prompt, thw in zip(prompts, grid):

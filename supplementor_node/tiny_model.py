@@ -163,9 +163,10 @@ def make_tiny_qwen(out_dir: str | Path, cfg: TinyQwenConfig = TinyQwenConfig()) 
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    GenerationConfig(
+    GenerationConfig(  # the sampling settings Qwen2.5-VL-3B-Instruct ships, so the tests meet them too
         bos_token_id=config.text_config.bos_token_id, pad_token_id=config.text_config.pad_token_id,
-        eos_token_id=[config.text_config.eos_token_id, config.text_config.bos_token_id], do_sample=False,
+        eos_token_id=[config.text_config.eos_token_id, config.text_config.bos_token_id], do_sample=True,
+        repetition_penalty=1.05, temperature=0.1, top_p=0.001, top_k=1,
     ).save_pretrained(out)
     _write_processor_files(out, cfg)
     return out

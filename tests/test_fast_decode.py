@@ -62,6 +62,26 @@ def test_same_ids_as_generate_under_the_json_constraint(qwen):
     assert builder.tokenizer.decode(got[0]).startswith("{")
 
 
+def test_the_cpu_backend_decodes_plain_greedy_like_the_fast_path(tiny_models, tmp_path):
+    """The checkpoint's generation_config (the real 3B ships repetition_penalty 1.05; here 1e6, so the
+    penalty makes a repeated token lose to any unseen one) must not make the CPU path differ from the GPU's."""
+    import json
+    import shutil
+
+    from supplementor_node.backends import BackendConfig
+    from supplementor_node.backends.hf_transformers import TransformersBackend
+
+    checkpoint = tmp_path / "penalised"
+    shutil.copytree(tiny_models / "qwen2_5_vl_tiny", checkpoint)
+    generation = json.loads((checkpoint / "generation_config.json").read_text())
+    (checkpoint / "generation_config.json").write_text(json.dumps({**generation, "repetition_penalty": 1e6}))
+    backend = TransformersBackend(BackendConfig(str(checkpoint), device="cpu"))
+    prompts = _prompts([256, 224], ["What is visible?", "What?"])
+    texts = [out.text for out in backend.generate(prompts, 24)]
+    ids = FastQwenGreedy(backend.model).generate(backend.inputs.build(prompts), max_new_tokens=24)
+    assert texts == [backend.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (a model on the second one)")
 def test_graphs_on_the_second_gpu_give_generates_ids(tiny_models):
     """CUDA graphs, their streams and memory pool on the model's device (cuda:1), not the current one (cuda:0)."""

@@ -59,9 +59,10 @@ class TransformersBackend:
         if self.fast is not None:
             new = self.fast.generate(batch, max_new_tokens, logits_processors=processors or ()).cpu()
         else:
-            with torch.inference_mode():
+            with torch.inference_mode():  # plain greedy, as the fast path and vLLM decode: the checkpoint's
+                # generation_config (Qwen2.5-VL-3B-Instruct: repetition_penalty 1.05) would otherwise apply here only
                 out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                          logits_processor=processors)
+                                          repetition_penalty=1.0, logits_processor=processors)
             new = out[:, batch["input_ids"].shape[1]:].cpu()
         results = []
         for row in new:
