@@ -64,7 +64,22 @@ class Episode:
     images: dict[str, list[np.ndarray]]  # camera name -> T RGB uint8 images; absent cameras are not in the dict
 
 
+class _NoRoom(Exception):
+    """The objects drawn for a scene do not fit on the table without overlapping."""
+
+
 def _pick_objects(rng: np.random.Generator) -> tuple[str, list[SceneObject], SceneObject, SceneObject]:
+    """A task and its objects; a draw that does not fit is drawn again (from the same generator, so an episode
+    stays a function of its seed and index)."""
+    for _ in range(1000):
+        try:
+            return _draw_objects_once(rng)
+        except _NoRoom:
+            continue
+    raise RuntimeError("could not place the objects of a scene without overlap in 1000 draws")
+
+
+def _draw_objects_once(rng: np.random.Generator) -> tuple[str, list[SceneObject], SceneObject, SceneObject]:
     kind_a, kind_b, template = TASK_TEMPLATES[rng.integers(len(TASK_TEMPLATES))]
     colours = list(rng.permutation(list(COLOURS)))
     placed: list[tuple[float, float, float]] = []
@@ -75,7 +90,7 @@ def _pick_objects(rng: np.random.Generator) -> tuple[str, list[SceneObject], Sce
             if all(np.hypot(x - px, y - py) > radius + pr + 0.02 for px, py, pr in placed):
                 placed.append((x, y, radius))
                 return float(x), float(y)
-        raise RuntimeError("could not place objects without overlap")
+        raise _NoRoom
 
     def make(kind: str, colour: str) -> SceneObject:
         x, y = free_spot(OBJECT_HALF_SIZE[kind] * 1.5)

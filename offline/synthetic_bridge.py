@@ -34,6 +34,7 @@ class SyntheticConfig:
     min_steps: int = 20
     max_steps: int = 40
     corrupt: tuple[tuple[str, int], ...] = ()  # (split, index within split) episodes to damage on purpose
+    unlabeled: tuple[tuple[str, int], ...] = ()  # episodes without an instruction, as the release has some
     jpeg_quality: int = 90
     overwrite: bool = False
 
@@ -75,7 +76,7 @@ def synthetic_episode(config: SyntheticConfig, split: str, index: int) -> dict:
             "is_first": t == 0,
             "is_last": last,
             "is_terminal": last,
-            "language_instruction": ep.instruction,
+            "language_instruction": "" if (split, index) in config.unlabeled else ep.instruction,
             "language_embedding": embedding,
         })
     if (split, index) in config.corrupt:
@@ -88,7 +89,7 @@ def synthetic_episode(config: SyntheticConfig, split: str, index: int) -> dict:
                          f"traj{global_index}/obs_dict.pkl",
             "episode_id": np.int32(global_index),
             **{f"has_{cam}": cam in cams for cam in layout.CAMERAS},
-            "has_language": True,
+            "has_language": (split, index) not in config.unlabeled,
         },
     }
 
@@ -138,12 +139,12 @@ def write_synthetic_bridge(config: SyntheticConfig) -> Path:
     return version_dir
 
 
-def _parse_corrupt(values: list[str]) -> tuple[tuple[str, int], ...]:
+def _parse_episodes(option: str, values: list[str]) -> tuple[tuple[str, int], ...]:
     parsed = []
     for value in values:
         split, _, index = value.partition(":")
         if split not in layout.SPLITS or not index.isdigit():
-            raise argparse.ArgumentTypeError(f"--corrupt expects SPLIT:INDEX with SPLIT in {layout.SPLITS}: {value!r}")
+            raise argparse.ArgumentTypeError(f"{option} expects SPLIT:INDEX with SPLIT in {layout.SPLITS}: {value!r}")
         parsed.append((split, int(index)))
     return tuple(parsed)
 
@@ -158,6 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=SyntheticConfig.max_steps)
     parser.add_argument("--corrupt", action="append", default=[], metavar="SPLIT:INDEX",
                         help="truncate one JPEG of this episode (to exercise error handling); repeatable")
+    parser.add_argument("--unlabeled", action="append", default=[], metavar="SPLIT:INDEX",
+                        help="give this episode no language instruction (has_language false); repeatable")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/bridge_dataset/1.0.0")
 
 
@@ -167,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     config = SyntheticConfig(out=args.out, episodes=args.episodes, val_episodes=args.val_episodes, seed=args.seed,
                              min_steps=args.min_steps, max_steps=args.max_steps,
-                             corrupt=_parse_corrupt(args.corrupt), overwrite=args.overwrite)
+                             corrupt=_parse_episodes("--corrupt", args.corrupt),
+                             unlabeled=_parse_episodes("--unlabeled", args.unlabeled), overwrite=args.overwrite)
     try:
         version_dir = write_synthetic_bridge(config)
     except FileExistsError as exc:

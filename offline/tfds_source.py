@@ -75,6 +75,29 @@ def resolve_version_dir(data_dir: Path) -> Path:
         f"but {found}.")
 
 
+def _check_is_bridge(info, version_dir: Path) -> None:
+    """DatasetDirError unless the TFDS dataset is bridge_dataset with the features conversion reads, checked before
+    anything is written (a manifest naming the wrong data would then lock the output folder)."""
+    found = f"{info.name} {info.version}"
+    problem = ""
+    if info.name != layout.DATASET_NAME:
+        problem = f"it holds the TFDS dataset {found}"
+    else:
+        steps = info.features["steps"].feature
+        wanted = {"steps": ("action", "language_instruction", "observation"),
+                  "observation": ("state", *layout.CAMERAS), "episode_metadata": ("episode_id", "file_path")}
+        have = {"steps": steps.keys(), "observation": steps["observation"].keys(),
+                "episode_metadata": info.features["episode_metadata"].keys()}
+        missing = [f"{part}/{key}" for part, keys in wanted.items() for key in keys if key not in have[part]]
+        if missing:
+            problem = f"its features lack {', '.join(missing)}"
+    if problem:
+        raise DatasetDirError(
+            f"{version_dir} is not BridgeData v2 as OpenVLA reads it ({layout.DATASET_NAME} {layout.VERSION}, "
+            f"steps with image_0..image_3, state, action, language_instruction): {problem}. The Open X-Embodiment "
+            "copy (bridge 0.1.0: observation/image, natural_language_instruction) is a different layout.")
+
+
 def _check_jpeg(data: bytes, where: str) -> None:
     """Truncated JPEGs still decode (OpenCV fills the rest grey), so the end-of-image marker is checked too."""
     if not data.startswith(b"\xff\xd8") or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
@@ -92,6 +115,7 @@ class BridgeSource:
         self.version_dir = resolve_version_dir(data_dir)
         self._tfds = tfds
         self.builder = tfds.builder_from_directory(str(self.version_dir))
+        _check_is_bridge(self.builder.info, self.version_dir)
         self._decoders = {"steps": {"observation": {cam: tfds.decode.SkipDecoding() for cam in layout.CAMERAS}}}
 
     def num_episodes(self, split: str) -> int:
@@ -108,8 +132,11 @@ class BridgeSource:
     def _read_run(self, split: str, start: int, stop: int) -> Iterator[SourceEpisode | SourceEpisodeError]:
         index = start
         while index < stop:
+            # one shard file at a time: TFDS otherwise interleaves up to 16 files (the real release has 1024 and
+            # is not marked ordered), and episodes would come back out of split order, under the wrong index
             dataset = self.builder.as_dataset(split=f"{split}[{index}:{stop}]", decoders=self._decoders,
-                                              shuffle_files=False)
+                                              shuffle_files=False,
+                                              read_config=self._tfds.ReadConfig(interleave_cycle_length=1))
             iterator = iter(self._tfds.as_numpy(dataset))
             try:
                 while index < stop:
@@ -161,6 +188,10 @@ def _episode(split: str, index: int, example: dict) -> SourceEpisode:
             jpegs[cam].append(data)
     if not states:
         raise ValueError(f"{split}[{index}]: episode has no steps")
+    if not bool(meta.get("has_language", True)) or not any(instructions):
+        # OpenVLA trains with skip_unlabeled: such an episode is not data it saw, and a replay of it could never
+        # act (the VLA waits for a task)
+        raise ValueError(f"{split}[{index}]: episode has no language instruction (has_language false)")
     return SourceEpisode(
         split=split, index=index, episode_id=int(meta["episode_id"]), file_path=_text(meta["file_path"]),
         instruction=next((text for text in instructions if text), ""),

@@ -231,6 +231,27 @@ def test_wrong_dataset_dir_says_what_was_expected_and_found(synthetic_bridge, tm
     assert not (tmp_path / "x").exists()
 
 
+def test_another_tfds_dataset_is_refused_before_anything_is_written(synthetic_bridge, tmp_path):
+    import json
+    import shutil
+
+    other = tmp_path / "bridge" / "0.1.0"
+    shutil.copytree(synthetic_bridge / "bridge_dataset" / "1.0.0", other)
+    info = json.loads((other / "dataset_info.json").read_text())
+    (other / "dataset_info.json").write_text(json.dumps({**info, "name": "bridge", "version": "0.1.0"}))
+    done = _cli("convert", "--data-dir", str(other), "--out", str(tmp_path / "x"), check_rc=(2,))
+    assert "holds the TFDS dataset bridge 0.1.0" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_episode_without_instruction_is_a_recorded_failure_not_a_bag(tmp_path):
+    _cli("make-synthetic-bridge", "--out", str(tmp_path / "data"), "--episodes", "2", "--val-episodes", "1",
+         "--min-steps", "16", "--max-steps", "16", "--unlabeled", "train:1")
+    manifest = _convert(tmp_path / "data", tmp_path / "bags")
+    assert sorted(r.index for r in manifest.episodes.values()) == [0]
+    assert [(f.index, "no language instruction" in f.reason) for f in manifest.failed.values()] == [(1, True)]
+
+
 def test_inspect_reports_topics_tasks_and_draws_a_contact_sheet(converted, tmp_path):
     from PIL import Image
 
