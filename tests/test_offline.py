@@ -374,23 +374,23 @@ def test_realtime_replay_publishes_every_frame_at_the_rate_with_stamps_unique_in
     assert min(second) > max(first)
 
 
-def test_lockstep_replay_through_the_running_nodes_records_one_output_per_frame(converted, tiny_models, tmp_path):
-    import importlib.util
+def _start_suite(tiny_models: Path, logs: Path, **vla_parameters: str):
+    """Both nodes as processes on the tiny checkpoints (CPU), the vla with ``vla_parameters`` on top."""
+    supplementor = start_node("supplementor_node.node", "supplementor.yaml",
+                              {"checkpoint": str(tiny_models / "qwen2_5_vl_tiny"), "device": "cpu",
+                               "max_new_tokens": "256", "rate_hz": "30.0"}, logs / "supplementor.log")
+    vla = start_node("vla_node.node", "vla.yaml",
+                     {"checkpoint": str(tiny_models / "openvla_tiny"), "device": "cpu", **vla_parameters},
+                     logs / "vla.log")
+    return supplementor, vla
 
-    if importlib.util.find_spec("vla_node.node") is None:  # found, not imported: keep torch out of this process
-        pytest.skip("vla_node.node (issue 4) has not landed yet")
-    if not (REPO / "config" / "vla.yaml").is_file():
-        pytest.skip("config/vla.yaml (issue 4) has not landed yet")
+
+def test_lockstep_replay_through_the_running_nodes_records_one_output_per_frame(converted, tiny_models, tmp_path):
     from offline.inspect_bag import inspect_bag
     from offline.replay import ReplayConfig, replay
 
     frames = 3
-    supplementor = start_node("supplementor_node.node", "supplementor.yaml",
-                              {"checkpoint": str(tiny_models / "qwen2_5_vl_tiny"), "device": "cpu",
-                               "max_new_tokens": "256", "rate_hz": "30.0"}, tmp_path / "supplementor.log")
-    vla = start_node("vla_node.node", "vla.yaml",
-                     {"checkpoint": str(tiny_models / "openvla_tiny"), "device": "cpu", "prompt_mode": "none",
-                      "control_rate_hz": "10.0"}, tmp_path / "vla.log")
+    supplementor, vla = _start_suite(tiny_models, tmp_path, prompt_mode="none", control_rate_hz="10.0")
     try:
         result = replay(ReplayConfig(manifest=converted.out_dir, episodes="0:1", max_frames=frames,
                                      out=tmp_path / "lockstep", wait_facts=True, action_timeout_s=20.0,
@@ -415,11 +415,8 @@ def test_lockstep_replay_through_the_running_nodes_records_one_output_per_frame(
 def test_lockstep_replay_of_two_bags_with_one_task_fuses_only_each_frames_own_facts(converted, tiny_models, tmp_path):
     """Converted bags all start at the same stamp: replayed in one run, the second bag's frames must not be
     answered with the facts the first bag's frames got (same task, same stamps) nor linked to its outputs."""
-    import importlib.util
     import shutil
 
-    if importlib.util.find_spec("vla_node.node") is None:  # found, not imported: keep torch out of this process
-        pytest.skip("vla_node.node (issue 4) has not landed yet")
     from offline.replay import ReplayConfig, replay
 
     record = _records(converted)[0]
@@ -427,13 +424,8 @@ def test_lockstep_replay_of_two_bags_with_one_task_fuses_only_each_frames_own_fa
     for bag in bags:
         shutil.copytree(converted.bag_path(record), bag)
     frames = 2
-    supplementor = start_node("supplementor_node.node", "supplementor.yaml",
-                              {"checkpoint": str(tiny_models / "qwen2_5_vl_tiny"), "device": "cpu",
-                               "max_new_tokens": "256", "rate_hz": "30.0"}, tmp_path / "supplementor.log")
-    vla = start_node("vla_node.node", "vla.yaml",
-                     {"checkpoint": str(tiny_models / "openvla_tiny"), "device": "cpu", "prompt_mode": "supplement",
-                      "require_frame_facts": "true", "fuse_invalid_facts": "true", "control_rate_hz": "30.0"},
-                     tmp_path / "vla.log")
+    supplementor, vla = _start_suite(tiny_models, tmp_path, prompt_mode="supplement", require_frame_facts="true",
+                                     fuse_invalid_facts="true", control_rate_hz="30.0")
     try:
         result = replay(ReplayConfig(bags=bags, max_frames=frames, out=tmp_path / "lockstep", action_timeout_s=20.0,
                                      startup_timeout_s=60.0))
