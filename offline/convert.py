@@ -45,6 +45,7 @@ class ConvertConfig:
     bridge_orig: bool = False
     workers: int = 1
     progress: bool = True
+    verify: bool = False  # re-hash every journalled bag of the selection (else: folders and metadata only)
 
 
 @dataclasses.dataclass
@@ -172,16 +173,17 @@ def check_out_dir(out: Path) -> None:
         raise ValueError(f"--out {out} is a file, not a folder: give a folder for the bags and the manifest")
 
 
-def verify_journalled(manifest: Manifest, split: str, indices: list[int], progress: bool) -> dict[str, str]:
+def verify_journalled(manifest: Manifest, split: str, indices: list[int], progress: bool,
+                      checksum: bool) -> dict[str, str]:
     """name -> why its bag must be converted again, for the journalled episodes among ``indices`` whose bag is
-    missing or fails its checksum. Reads every such bag once (a progress bar shows it)."""
+    missing (or, with ``checksum``, fails its checksum: reads every such bag once; a progress bar shows it)."""
     from tqdm import tqdm
 
     names = [episode_name(split, i) for i in indices if episode_name(split, i) in manifest.episodes]
     damaged: dict[str, str] = {}
     with tqdm(names, unit="bag", desc=f"verify {split}", disable=not progress or not names, file=sys.stderr) as bar:
         for name in bar:
-            reason = manifest.bag_damage(manifest.episodes[name])
+            reason = manifest.bag_damage(manifest.episodes[name], checksum=checksum)
             if reason is not None:
                 damaged[name] = reason
                 bar.write(f"redoing {name}: {reason}", file=sys.stderr)
@@ -200,7 +202,7 @@ def convert(config: ConvertConfig) -> ConvertResult:
     indices = select_indices(source.num_episodes(config.split), config.episodes, config.sample, config.seed)
     manifest = Manifest.open(config.out, settings_of(config, source.version_dir))
     _clean_leftovers(manifest, config.split)
-    redone = verify_journalled(manifest, config.split, indices, config.progress)
+    redone = verify_journalled(manifest, config.split, indices, config.progress, config.verify)
     todo = [i for i in indices if episode_name(config.split, i) not in manifest.episodes
             or episode_name(config.split, i) in redone]
     result = ConvertResult(manifest=manifest, converted=[], skipped=len(indices) - len(todo), failed=[],
@@ -264,6 +266,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "binarise the gripper, relabel deltas from the state); recorded in the manifest")
     parser.add_argument("--workers", type=int, default=1, help="conversion processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--verify", action="store_true",
+                        help="re-hash every journalled bag of the selection and redo those whose bytes changed "
+                             "(default: a resume only checks that each journalled bag is still there)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -271,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
                            sample=args.sample, seed=args.seed,
                            cameras=tuple(c.strip() for c in args.cameras.split(",") if c.strip()),
                            storage=args.storage, image_format=args.image_format, bridge_orig=args.bridge_orig,
-                           workers=args.workers, progress=not args.no_progress)
+                           workers=args.workers, progress=not args.no_progress, verify=args.verify)
     try:
         result = convert(config)
     except (OSError, ValueError) as exc:  # DatasetDirError is an OSError; so is an unwritable --out

@@ -189,8 +189,12 @@ def test_resume_redoes_missing_or_damaged_bags_and_replay_refuses_them(synthetic
     with pytest.raises(ValueError, match=f"{missing.name}: .*missing"):
         replay(ReplayConfig(manifest=out, episodes="2:4", discovery_timeout_s=1.0))
 
+    cheap = _cli("convert", "--data-dir", str(synthetic_bridge), "--out", str(out), "--no-progress",
+                 "--episodes", "2:4")  # without --verify: the missing bag is redone, a changed one is not hashed
+    assert "converted 1 (1 redone: bag missing or damaged), already done 1, failed 0" in cheap.stdout
+    shutil.rmtree(first.bag_path(missing))
     resumed = _cli("convert", "--data-dir", str(synthetic_bridge), "--out", str(out), "--no-progress",
-                   "--episodes", "2:5")
+                   "--episodes", "2:5", "--verify")
     assert "converted 2 (2 redone: bag missing or damaged), already done 1, failed 0" in resumed.stdout
     assert f"redoing {missing.name}: its folder" in resumed.stderr
     assert f"redoing {damaged.name}: its files" in resumed.stderr
