@@ -39,8 +39,8 @@ def weight_map(checkpoint_dir: Path) -> dict[str, str] | None:
     return mapping
 
 
-def safetensors_files(checkpoint_dir: Path) -> list[Path]:
-    mapping = weight_map(checkpoint_dir)
+def safetensors_files(checkpoint_dir: Path, mapping: dict[str, str] | None) -> list[Path]:
+    """The weight files: the shards ``mapping`` (:func:`weight_map`) names, else the single model.safetensors."""
     if mapping is not None:
         shards = [checkpoint_dir / name for name in sorted(set(mapping.values()))]
         missing = [shard.name for shard in shards if not shard.is_file()]
@@ -97,7 +97,7 @@ def load_openvla(checkpoint_dir: str | Path, dtype: torch.dtype = torch.bfloat16
     state: dict[str, torch.Tensor] = {}
     found_in: dict[str, str] = {}  # key -> the shard it came from
     unexpected: list[str] = []
-    for path in safetensors_files(checkpoint_dir):
+    for path in safetensors_files(checkpoint_dir, mapping):
         try:
             with safe_open(str(path), framework="pt", device="cpu") as handle:
                 for key in handle.keys():

@@ -121,7 +121,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         if not self._param("dry_run"):
             self.get_logger().warning("dry_run is false: actions are published for execution on hardware")
 
-        problem = self._check_changes({})
+        problem = self._check_changes({}, self._unnorm_key_owner({}))
         if problem is None and self._param("checkpoint"):
             self._unnorm_keys[self._param("checkpoint")] = self._param("unnorm_key")
         self._load_initial_model(self._policy_spec({}), "/path/to/openvla-7b", problem)
@@ -149,14 +149,14 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
             return self._policy_spec(changes).checkpoint
         return target.checkpoint
 
-    def _check_changes(self, changes: dict[str, Any]) -> str | None:
-        """The reason to reject ``changes``, or None. Cheap: reads the checkpoint's config.json at most."""
+    def _check_changes(self, changes: dict[str, Any], owner: str) -> str | None:
+        """The reason to reject ``changes``, or None. Cheap: reads ``owner``'s config.json at most (the checkpoint
+        the unnorm key is for, see :meth:`_unnorm_key_owner`)."""
         try:
             self._fusion_config(changes)
             policy = self._value("stale_facts_policy", changes)
             if policy not in STALE_POLICIES:
                 return f"stale_facts_policy {policy!r} is not one of {', '.join(STALE_POLICIES)}"
-            owner = self._unnorm_key_owner(changes)
             if owner:
                 check_unnorm_key(norm_stats_of(owner), self._value("unnorm_key", changes), owner)
         except ValueError as error:
@@ -166,9 +166,9 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate every change; start the background load for policy changes (Humble has no post-set callback)."""
         changes = {p.name: p.value for p in params if p.name in PARAMETERS}
-        reason = self._check_changes(changes)
+        owner = self._unnorm_key_owner(changes)  # once: a load ending meanwhile must not change whose key it is
+        reason = self._check_changes(changes, owner)
         spec = self._policy_spec(changes)
-        owner = self._unnorm_key_owner(changes)
         policy_changed = bool(spec.checkpoint) and any(PARAMETERS[n].group == "policy" for n in changes)
         if reason is None and policy_changed:
             reason = self._slot.check(spec)
