@@ -2,8 +2,8 @@
 
 Layout of ``--out``: ``manifest.jsonl`` (see offline.manifest) and ``bags/{split}/{split}_{index:06d}/``. A bag is
 written under ``bags/.partial/``, checksummed, renamed into place and only then journalled, so after a kill a rerun
-keeps every journalled bag whose folder still matches its checksum and redoes the rest (partial folders and
-un-journalled bags are removed first; a journalled bag missing or changed on disk is converted again). An
+keeps every journalled bag still on disk and redoes the rest (partial folders and un-journalled bags are removed
+first; a journalled bag missing, or with ``--verify`` changed on disk, is converted again). An
 episode that cannot be read is journalled as failed, reported, and the run goes on. ``--workers N`` converts
 chunks of episodes in N processes (spawned: TensorFlow must not be forked).
 
