@@ -97,5 +97,5 @@ def run(args: argparse.Namespace) -> int:
     if args.no_record:
         print(table + "\n\n" + notes)
     else:
-        record_table("Offline: conversion and replay throughput (CPU)", table, notes)
+        record_table("Offline: conversion and replay throughput (CPU)", table, args.argv, notes)
     return 0

@@ -215,5 +215,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         from task_supplementor.bench import record_table
 
-        record_table(title, table, notes)
+        record_table(title, table, args.argv, notes)
     return 0 if all("error" not in row for row in rows.values()) else 1

@@ -12,7 +12,7 @@ import datetime as dt
 import importlib
 import platform
 import shlex
-import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -58,9 +58,13 @@ def package_versions() -> str:
     return f"python {platform.python_version()}, " + ", ".join(found)
 
 
-def record_table(title: str, table_markdown: str, notes: str = "", path: Path = BENCHMARKS_MD) -> str:
-    """Print ``table_markdown`` with its provenance and append the same section to docs/benchmarks.md."""
-    command = "task-supplementor " + shlex.join(sys.argv[1:])  # quoted: pasted back, it runs the same benchmark
+def record_table(title: str, table_markdown: str, argv: Sequence[str], notes: str = "",
+                 path: Path = BENCHMARKS_MD) -> str:
+    """Print ``table_markdown`` with its provenance and append the same section to docs/benchmarks.md.
+
+    ``argv`` is the command line the benchmark was parsed from (not ``sys.argv``: a run started through
+    ``cli.main(argv)`` from Python would otherwise record its host process's command)."""
+    command = "task-supplementor " + shlex.join(argv)  # quoted: pasted back, it runs the same benchmark
     section = "\n".join([
         f"## {title}",
         "",

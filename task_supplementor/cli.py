@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = _build_parser(command if command in COMMANDS else None)
+    parser.set_defaults(argv=argv)  # what a run records as its command (benchmarks), whoever called main()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

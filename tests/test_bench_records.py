@@ -10,16 +10,29 @@ from task_supplementor.bench import record_table
 
 
 def test_a_recorded_section_carries_a_command_that_pastes_back(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["task-supplementor", "bench", "vla", "--checkpoint", "/models/my ckpt"])
+    monkeypatch.setattr(sys, "argv", ["python", "-c", "host process"])  # not what the benchmark was run with
+    argv = ["bench", "vla", "--checkpoint", "/models/my ckpt"]
     path = tmp_path / "benchmarks.md"
-    record_table("T1", "| a |\n|---|\n| 1 |", "notes one", path=path)
-    record_table("T2", "| b |\n|---|\n| 2 |", path=path)
+    record_table("T1", "| a |\n|---|\n| 1 |", argv, "notes one", path=path)
+    record_table("T2", "| b |\n|---|\n| 2 |", argv, path=path)
     text = path.read_text()
     assert text.startswith("# Benchmarks\n") and text.count("## T1") == 1 and text.count("## T2") == 1
     assert "- command: `task-supplementor bench vla --checkpoint '/models/my ckpt'`" in text
     assert text.index("## T1") < text.index("notes one") < text.index("## T2")  # appended in run order
     for field in ("- date: ", "- machine: ", "- versions: python "):
         assert text.count(field) == 2, field
+
+
+def test_the_cli_hands_a_benchmark_the_command_line_it_was_given(monkeypatch):
+    """``cli.main(argv)`` called from Python records ``argv``, not the host's ``sys.argv``."""
+    import task_supplementor.bench
+    from task_supplementor import cli
+
+    seen = []
+    monkeypatch.setattr(sys, "argv", ["python", "-c", "host process"])
+    monkeypatch.setattr(task_supplementor.bench, "run", lambda args: seen.append(args.argv) or 0)
+    assert cli.main(["bench", "offline", "--no-record"]) == 0
+    assert seen == [["bench", "offline", "--no-record"]]
 
 
 def test_supplementor_table_rows_match_the_header_and_compare_only_with_a_run_reference():

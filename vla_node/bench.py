@@ -251,5 +251,5 @@ def run(args: argparse.Namespace) -> int:
     if args.no_record:
         print(table + "\n\n" + notes)
     else:
-        record_table(title, table, notes)
+        record_table(title, table, args.argv, notes)
     return 0
