@@ -10,6 +10,7 @@ their benchmarks).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import threading
 import time
@@ -74,9 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from offline.synthetic_bridge import SyntheticConfig, write_synthetic_bridge
+    from offline.synthetic_bridge import MIN_STEPS, SyntheticConfig, write_synthetic_bridge
     from task_supplementor.bench import record_table
 
+    if args.steps < MIN_STEPS or args.episodes < 1 or args.workers < 1 or not args.replay_rate > 0:
+        print(f"bench offline: need --steps >= {MIN_STEPS}, --episodes >= 1, --workers >= 1 and --replay-rate > 0",
+              file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="bench_offline_") as tmp:
         tmp = Path(tmp)
         write_synthetic_bridge(SyntheticConfig(out=tmp / "data", episodes=args.episodes, val_episodes=1,

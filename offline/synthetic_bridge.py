@@ -22,6 +22,7 @@ import numpy as np
 from offline import bridge_layout as layout
 from offline.scene import IMAGE_SIZE, instruction_embedding, render_episode
 
+MIN_STEPS = 16  # per episode, for the CLIs (scene.py draws a pick-and-place in no fewer than 13)
 MISSING_CAMERA_EVERY = 3  # image_1 is absent in every third episode; image_2 is always absent (zero images)
 
 
@@ -165,8 +166,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.min_steps < 16 or args.max_steps < args.min_steps:
-        print("make-synthetic-bridge: need 16 <= --min-steps <= --max-steps", file=sys.stderr)
+    if args.min_steps < MIN_STEPS or args.max_steps < args.min_steps:
+        print(f"make-synthetic-bridge: need {MIN_STEPS} <= --min-steps <= --max-steps", file=sys.stderr)
         return 2
     config = SyntheticConfig(out=args.out, episodes=args.episodes, val_episodes=args.val_episodes, seed=args.seed,
                              min_steps=args.min_steps, max_steps=args.max_steps,

@@ -171,6 +171,7 @@ class FastQwenGreedy:
             plan = self._vision[key] = self._plan(grid_thw)
             while len(self._vision) > self.max_graphs:
                 self._vision.popitem(last=False)
+        self._vision.move_to_end(key)  # least recently used goes first: a size in use is never re-captured
         pixel_values = pixel_values.to(self.device, self.visual.dtype)
         if not self.use_graphs:
             return self._vision_forward(plan, pixel_values)

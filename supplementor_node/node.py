@@ -100,31 +100,36 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
         return DescriberConfig(model, **{name: value for name, value in values.items() if name not in _BACKEND_FIELDS})
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        """Validate and, for load-relevant changes, start the background load (Humble has no post-set callback)."""
+        """Validate and, for load-relevant changes, start the background load (Humble has no post-set callback).
+
+        Nothing takes effect before the whole set is accepted: a rejected atomic set leaves the node as it was."""
         changes = {p.name: p.value for p in params if p.name in PARAMETERS}
-        if "rate_hz" in changes:
-            with self._cond:
-                self._min_period_s = 1.0 / float(changes["rate_hz"])
-                self._cond.notify_all()  # a worker waiting out the old period recomputes it now
-        if not any(PARAMETERS[name].group == "model" for name in changes):
-            return SetParametersResult(successful=True)
+        model_changed = any(PARAMETERS[name].group == "model" for name in changes)
         cfg = self._describer_config(changes)
-        if cfg.checkpoint:
-            reason = self._slot.check(cfg)
-        else:  # nothing to load yet: the choices are checked now and used once a checkpoint is set
-            try:
-                check_choices(cfg)
-                reason = None
-            except ValueError as exc:
-                reason = str(exc)
+        reason = self._check_model_change(cfg) if model_changed else None
         if reason:
             serving = self._slot.current[1]
             self.get_logger().error(f"rejected parameter change {changes}: {reason}"
                                     + (f"; {serving} keeps serving" if serving else ""))
             return SetParametersResult(successful=False, reason=reason)
-        if cfg.checkpoint:
+        if "rate_hz" in changes:
+            with self._cond:
+                self._min_period_s = 1.0 / float(changes["rate_hz"])
+                self._cond.notify_all()  # a worker waiting out the old period recomputes it now
+        if model_changed and cfg.checkpoint:
             self._request_model(cfg)
         return SetParametersResult(successful=True)
+
+    def _check_model_change(self, cfg: DescriberConfig) -> str | None:
+        """Why ``cfg`` cannot be loaded, or None; without a checkpoint, the choices are checked now and used once a
+        checkpoint is set."""
+        if cfg.checkpoint:
+            return self._slot.check(cfg)
+        try:
+            check_choices(cfg)
+        except ValueError as exc:
+            return str(exc)
+        return None
 
     # ---- inputs ---------------------------------------------------------------------------------------------
     def _on_frame(self, frame: CameraFrame) -> None:

@@ -46,3 +46,11 @@ def test_supplementor_table_rows_match_the_header_and_compare_only_with_a_run_re
     with_reference = _table({"generate": measured, "fast": {**measured, "tokens": [1, 2, 4]}}, args)
     assert with_reference.splitlines()[2].endswith("| reference |")
     assert with_reference.splitlines()[3].endswith("| no |")
+
+
+def test_offline_bench_refuses_sizes_it_cannot_measure_before_converting_anything(capsys):
+    """One step per bag has no interval to time (it divided by zero after every conversion had run)."""
+    from task_supplementor import cli
+
+    assert cli.main(["bench", "offline", "--steps", "1", "--no-record"]) == 2
+    assert "need --steps >= 16" in capsys.readouterr().err

@@ -99,3 +99,15 @@ def test_graphs_on_the_second_gpu_give_generates_ids(tiny_models):
     expected = _reference(model, inputs, max_new_tokens=12)
     for _ in range(2):  # capture, then replay
         assert torch.equal(fast.generate(inputs, max_new_tokens=12).cpu(), expected.cpu())
+
+
+def test_vision_plans_are_kept_least_recently_used(qwen):
+    """A frame size in use on every frame stays planned (captured, on a GPU) while other sizes come and go."""
+    builder, model = qwen
+    fast = FastQwenGreedy(model, max_graphs=2)
+    grids = {}
+    for size in (224, 196, 224, 168):  # 224 used again just before 168 arrives: 196 is the least recently used
+        inputs = builder.build(_prompts([size], ["What?"]))
+        fast.image_embeddings(inputs["pixel_values"], inputs["image_grid_thw"])
+        grids[size] = tuple(map(tuple, inputs["image_grid_thw"].tolist()))
+    assert list(fast._vision) == [grids[224], grids[168]]

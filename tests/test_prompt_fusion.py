@@ -119,9 +119,15 @@ def test_bad_configuration_and_missing_supplement_are_clear_errors(tokenizer):
         FusionConfig(mode="facts")
     with pytest.raises(ValueError, match="placeholder_kind"):
         FusionConfig(placeholder_kind="emoji")
-    for template in ("In: {task}?\nOut:", "{task} {supplement} {frame}", "{task} {supplement"):
+    for template in ("In: {task}?\nOut:", "{task} {supplement} {frame}", "{task} {supplement",
+                     # valid format strings that render() could not cut at the slot
+                     "{{supplement}} {task}? {supplement}", "{task}? {supplement!s}", "{task}? {supplement:>9}"):
         with pytest.raises(ValueError, match="supplement_template"):
             check_template(template)
+    for template, rendered in (("{{{supplement}}} {task}", "{S} task"),  # escapes elsewhere are fine
+                               ("In: {task}? {{note}} {supplement}", "In: task? {note} S")):
+        check_template(template)
+        assert render(template, "Task", "S")[0] == rendered
     with pytest.raises(ValueError, match="needs a supplement"):
         PromptFuser(FusionConfig(mode="supplement"), tokenizer).build(TASK, None, 0)
     with pytest.raises(ValueError, match="tokenizer"):

@@ -21,7 +21,7 @@ import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
+from rcl_interfaces.srv import SetParameters, SetParametersAtomically
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
@@ -290,6 +290,25 @@ def test_a_faster_rate_applies_at_once_even_during_a_long_wait(graph):
     t0 = time.monotonic()
     _first_facts_for(h, 6001, timeout=30)
     assert time.monotonic() - t0 < 5.0, "the worker kept waiting out the old 10 s period"
+
+
+def test_a_rejected_atomic_set_changes_nothing_not_even_the_rate(graph):
+    """``rate_hz`` with a bad backend in one atomic set: refused as a whole, so the worker keeps its 30 Hz."""
+    h: Harness = graph["raw"]
+    client = h.node.create_client(SetParametersAtomically, "/supplementor/set_parameters_atomically")
+    try:
+        assert client.wait_for_service(timeout_sec=30)
+        request = SetParametersAtomically.Request(parameters=[
+            ParameterMsg(name="rate_hz", value=_double(0.1)),
+            ParameterMsg(name="backend", value=ParameterValue(type=ParameterType.PARAMETER_STRING,
+                                                              string_value="bogus"))])
+        future = client.call_async(request)
+        h.wait_for(future.done, 30)
+        assert not future.result().result.successful
+    finally:
+        h.node.destroy_client(client)
+    _first_facts_for(h, 6100)
+    assert _first_facts_for(h, 6101, timeout=8), "the refused rate_hz 0.1 (one description per 10 s) took effect"
 
 
 def test_max_new_tokens_too_small_for_the_schema_is_refused_with_the_minimum(graph):

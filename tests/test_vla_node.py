@@ -35,19 +35,21 @@ SUPPLEMENT = "objects: carrot (orange, left); plate (white, center). relations: 
 
 
 class Harness:
-    def __init__(self, node, checkpoint: str):
-        self.node, self.checkpoint = node, checkpoint
+    def __init__(self, node, checkpoint: str, ns: str = ""):
+        """``ns``: the namespace the vla node was started in ("" or e.g. "/held")."""
+        self.node, self.checkpoint, self.ns = node, checkpoint, ns
         self.lock = threading.Lock()
         self.actions: list[WidowXAction] = []
         self.received_at: list[float] = []  # monotonic receive time of each action (same clock as the node's)
         self.diagnostics: dict[str, str] = {}
+        self.diagnostics_message = ""
         self.diagnostics_at = 0.0
-        self.image_pub = node.create_publisher(Image, "camera/image_raw", SENSOR_QOS)
-        self.task_pub = node.create_publisher(String, "task", LATCHED_QOS)
-        self.facts_pub = node.create_publisher(VisualFacts, "supplementor/facts", RELIABLE_QOS)
-        node.create_subscription(WidowXAction, "vla/action", self._on_action, RELIABLE_QOS)
+        self.image_pub = node.create_publisher(Image, f"{ns}/camera/image_raw", SENSOR_QOS)
+        self.task_pub = node.create_publisher(String, f"{ns}/task", LATCHED_QOS)
+        self.facts_pub = node.create_publisher(VisualFacts, f"{ns}/supplementor/facts", RELIABLE_QOS)
+        node.create_subscription(WidowXAction, f"{ns}/vla/action", self._on_action, RELIABLE_QOS)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
-        self.params = node.create_client(SetParameters, "vla/set_parameters")
+        self.params = node.create_client(SetParameters, f"{ns}/vla/set_parameters")
         self.rgb = np.random.default_rng(0).integers(0, 256, size=(96, 128, 3), dtype=np.uint8)
 
     def _on_action(self, msg: WidowXAction) -> None:
@@ -57,9 +59,10 @@ class Harness:
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
-            if status.name.endswith("/vla: actions"):
+            if status.name == f"{self.ns}/vla: actions":
                 with self.lock:
                     self.diagnostics = {kv.key: kv.value for kv in status.values}
+                    self.diagnostics_message = status.message
                     self.diagnostics_at = time.monotonic()
 
     def wait_for(self, predicate, timeout: float, publish=None, period: float = 0.1):
@@ -317,3 +320,36 @@ def test_failed_swap_keeps_policy_and_key_then_a_retry_loads_with_the_new_key(vl
     # back, for tests that follow: the key first (it goes with the serving "other"), then the checkpoint
     assert all(r.successful for r in vla.set(unnorm_key="bridge_orig", checkpoint=vla.checkpoint))
     assert vla.wait_for(lambda: (a := vla.act(next(stamps))) is not None and a.policy_id == vla.checkpoint, 60)
+
+
+def test_a_start_up_value_no_checkpoint_can_mend_ends_the_node_with_one_line(vla: Harness, tmp_path):
+    log = tmp_path / "bogus_mode.log"
+    proc = start_node("vla_node.node", "vla.yaml", {"checkpoint": vla.checkpoint, "prompt_mode": "bogus",
+                                                    "device": "cpu"}, log, ros_args=("-r", "__ns:=/bogus"))
+    code = proc.wait(timeout=60)
+    text = log.read_text()
+    assert code == 2, text
+    assert "not started, bad parameter: prompt_mode 'bogus' is not one of none, supplement, placeholder" in text
+    assert "Traceback" not in text, text
+
+
+def test_a_start_up_checkpoint_held_back_by_its_unnorm_key_loads_once_the_key_is_set(vla: Harness, tmp_path):
+    """Started with a key the checkpoint lacks, the node serves nothing and says why; setting the key (only) loads
+    the policy, whose actions then come."""
+    log = tmp_path / "held.log"
+    proc = start_node("vla_node.node", "vla.yaml", {"checkpoint": vla.checkpoint, "unnorm_key": "bridge",
+                                                    "image_compressed": "false", "control_rate_hz": "10.0",
+                                                    "device": "cpu"}, log, ros_args=("-r", "__ns:=/held"))
+    try:
+        held = Harness(vla.node, vla.checkpoint, ns="/held")
+        held.task_pub.publish(String(data=TASK))
+        said = held.wait_for(lambda: "unnorm_key 'bridge'" in held.diagnostics_message, 60)
+        assert said and "bridge_orig" in held.diagnostics_message, (held.diagnostics_message, log.read_text())
+        assert held.diagnostics.get("policy_id") == "none"
+        assert held.set(unnorm_key="bridge_orig")[0].successful
+        action = held.act(1100, timeout=60)
+        assert action is not None and action.policy_id == vla.checkpoint, log.read_text()
+        assert held.wait_for(lambda: held.diagnostics_message == "ok", 10), held.diagnostics_message  # problem gone
+    finally:
+        stopped = stop_nodes({"held": (proc, log)})["held"]
+    assert stopped.clean, stopped.log_tail

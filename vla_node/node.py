@@ -34,7 +34,7 @@ from task_supplementor.devices import DTYPES
 from task_supplementor.ros.camera import CameraFrame, CameraInput
 from task_supplementor.ros.diagnostics import RollingRate
 from task_supplementor.ros.model_node import ModelNode
-from task_supplementor.ros.params import ParamSpec
+from task_supplementor.ros.params import ParamSpec, StartupParameterError
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS
 from task_supplementor.ros.spin import spin_node
 from vla_node.backends import BACKENDS, Policy, PolicySpec, load_policy
@@ -102,7 +102,11 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
 
     def __init__(self, **kwargs: Any):
         super().__init__(NODE_NAME, PARAMETERS, "actions", load_policy, preflight, **kwargs)
-        self._fusion = self._fusion_config({})
+        try:  # values no checkpoint can make valid: refused at start, as rclpy refuses a value out of range
+            self._fusion = self._fusion_config({})
+            self._check_stale_facts_policy({})
+        except ValueError as error:
+            raise StartupParameterError(str(error)) from None
         self._fuser_cache: tuple[Policy, PromptFuser] | None = None  # the fuser measures with the policy's tokenizer
         self._frame: CameraFrame | None = None
         self._acted_stamp: int | None = None  # stamp of the last frame acted on (never re-used)
@@ -121,7 +125,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         if not self._param("dry_run"):
             self.get_logger().warning("dry_run is false: actions are published for execution on hardware")
 
-        problem = self._check_changes({}, self._unnorm_key_owner({}))
+        problem = self._check_changes({}, self._unnorm_key_owner({}))  # here: the unnorm key against the checkpoint
         if problem is None and self._param("checkpoint"):
             self._unnorm_keys[self._param("checkpoint")] = self._param("unnorm_key")
         self._load_initial_model(self._policy_spec({}), "/path/to/openvla-7b", problem)
@@ -154,14 +158,17 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         the unnorm key is for, see :meth:`_unnorm_key_owner`)."""
         try:
             self._fusion_config(changes)
-            policy = self._value("stale_facts_policy", changes)
-            if policy not in STALE_POLICIES:
-                return f"stale_facts_policy {policy!r} is not one of {', '.join(STALE_POLICIES)}"
+            self._check_stale_facts_policy(changes)
             if owner:
                 check_unnorm_key(norm_stats_of(owner), self._value("unnorm_key", changes), owner)
         except ValueError as error:
             return str(error)
         return None
+
+    def _check_stale_facts_policy(self, changes: dict[str, Any]) -> None:
+        policy = self._value("stale_facts_policy", changes)
+        if policy not in STALE_POLICIES:
+            raise ValueError(f"stale_facts_policy {policy!r} is not one of {', '.join(STALE_POLICIES)}")
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate every change; start the background load for policy changes (Humble has no post-set callback)."""
@@ -170,16 +177,21 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         reason = self._check_changes(changes, owner)
         spec = self._policy_spec(changes)
         policy_changed = bool(spec.checkpoint) and any(PARAMETERS[n].group == "policy" for n in changes)
+        # the start-up checkpoint was held back (e.g. its unnorm key was wrong) and no policy came since
+        held_back = bool(spec.checkpoint) and not policy_changed and self._slot.target is None and bool(
+            self._startup_problem)
         if reason is None and policy_changed:
             reason = self._slot.check(spec)
         if reason:
             self.get_logger().error(f"rejected parameter change {changes}: {reason}")
             return SetParametersResult(successful=False, reason=reason)
-        if owner and (policy_changed or "unnorm_key" in changes):
+        if owner and (policy_changed or held_back or "unnorm_key" in changes):
             # recorded before the load is requested, so the key is there the moment the policy starts serving
             self._unnorm_keys[owner] = self._value("unnorm_key", changes)
         if policy_changed:
             self._request_model(spec)
+        elif held_back:
+            self._load_initial_model(spec, "/path/to/openvla-7b")  # this change may be what it waited for
         if any(PARAMETERS[n].group == "fusion" for n in changes):
             self._fusion = self._fusion_config(changes)
         if "control_rate_hz" in changes:

@@ -86,6 +86,9 @@ def check_template(template: str) -> None:
     if sorted(fields) != ["supplement", "task"]:
         raise ValueError(f"supplement_template must contain {{task}} and {{supplement}} once each (and no other "
                          f"fields), got fields {fields} in {template!r}")
+    if template.count("{supplement}") != 1:  # render() cuts the template there: no '!r'/':spec', no '{{supplement}}'
+        raise ValueError(f"supplement_template must contain the field {{supplement}} exactly as written here, once "
+                         f"(no conversion or format spec, not also escaped as {{{{supplement}}}}), got {template!r}")
 
 
 def render(template: str, task: str, supplement: str) -> tuple[str, int, int]:

@@ -81,7 +81,8 @@ class ModelNode(Node, Generic[S, T]):
             return
         reason = self._slot.check(spec) or problem
         if reason:
-            self._startup_problem = f"checkpoint rejected: {reason}; publishing nothing until a valid one is set"
+            self._startup_problem = (f"checkpoint rejected: {reason}; publishing nothing until that is mended "
+                                     "(`ros2 param set`)")
             self.get_logger().error(self._startup_problem)
             return
         self._request_model(spec)

@@ -14,6 +14,12 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 
 
+class StartupParameterError(ValueError):
+    """A start-up value a node cannot run with and no later ``ros2 param set`` could mend while it runs (e.g. an
+    unknown ``prompt_mode``): the node exits with this message (no traceback), like rclpy does for a value out of
+    its declared range."""
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     default: Any

@@ -2,6 +2,7 @@
 
 One place so both nodes stop the same way on Ctrl-C/SIGTERM: the worker finishes its inference (``node.close()``),
 then the executor and rclpy shut down, and the process exits 0 (``task-supplementor up`` and launch rely on it).
+A start-up parameter the node cannot run with ends it at once with one line naming it, and exit status 2.
 
 The DDS teardown is bounded: Fast DDS 2.14 (Jazzy's default middleware) can deadlock deleting a participant while
 it is still processing another participant's departure, i.e. when two nodes stop at the same moment, as they do
@@ -24,9 +25,11 @@ import sys
 from collections.abc import Callable
 
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
 from task_supplementor.ros.model_node import ModelNode
+from task_supplementor.ros.params import StartupParameterError
 
 
 TEARDOWN_TIMEOUT_S = 10.0  # destroying a node's DDS entities takes well under a second when it does not deadlock
@@ -35,7 +38,12 @@ TEARDOWN_TIMEOUT_S = 10.0  # destroying a node's DDS entities takes well under a
 def spin_node(make_node: Callable[[], ModelNode], args: list[str] | None = None,
               teardown_timeout_s: float = TEARDOWN_TIMEOUT_S) -> int:
     rclpy.init(args=args)
-    node = make_node()
+    try:
+        node = make_node()
+    except (StartupParameterError, ParameterException) as error:  # rclpy's: out of range, wrong type (5 for 5.0)
+        rclpy.logging.get_logger("task_supplementor").fatal(f"not started, bad parameter: {error}")
+        rclpy.try_shutdown()
+        return 2
     executor = MultiThreadedExecutor()
     executor.add_node(node)
     try:
