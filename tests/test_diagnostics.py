@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import time
-
-import pytest
-
 from task_supplementor.ros.diagnostics import RollingRate
 
 
 def test_rate_over_the_window_and_zero_once_events_stop():
-    rate = RollingRate(window_s=0.5)
+    now = [0.0]
+    rate = RollingRate(window_s=0.5, clock=lambda: now[0])
     assert rate.hz() == 0.0
-    for _ in range(6):
+    for at in (0.0, 0.02, 0.04, 0.06, 0.08, 0.30):
+        now[0] = at
         rate.tick()
-        time.sleep(0.02)
-    assert rate.hz() == pytest.approx(1 / 0.02, rel=0.5)  # sleep overshoots; the order of magnitude is the check
-    time.sleep(0.6)
-    assert rate.hz() == 0.0
-
+    assert abs(rate.hz() - 5 / 0.30) < 1e-9  # 6 events, 5 intervals
+    now[0] = 0.55  # the first three events have left the 0.5 s window
+    assert abs(rate.hz() - 2 / 0.24) < 1e-9
+    now[0] = 0.81
+    assert rate.hz() == 0.0  # nothing in the last 0.5 s: publishing stopped

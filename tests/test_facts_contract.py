@@ -33,7 +33,6 @@ CASES = [
     ("json in prose", f"Sure! Here are the facts you asked for: {GOOD} Let me know.", TASK, []),
     ("json in code fence", f"```json\n{GOOD}\n```", TASK, []),
     ("fence without language", f"```\n{GOOD}\n```\nDone.", TASK, []),
-    ("fence wins over prose braces", "Use {curly} braces.\n```json\n" + GOOD + "\n```", TASK, []),
     ("unicode names", facts_json([{"name": "tasse à café", "attributes": ["blanc"], "region": "left"},
                                   {"name": "红色积木", "attributes": [], "region": "right"}]),
      "把积木放进杯子", []),
@@ -83,7 +82,15 @@ CASES = [
      ["task_copy"]),
     ("short task verbatim", facts_json([{"name": "drawer", "attributes": ["fold the cloth"]}]), "fold the cloth",
      ["action_advice", "task_copy"]),
-    # --- sizes and consistency ---
+    # --- sizes and consistency (each limit exactly reached is valid: the constrained schema lets the model do so) ---
+    ("objects at the limit", facts_json([{"name": f"block {i}"} for i in range(6)]), TASK, []),
+    ("relations at the limit", facts_json([BLOCK, PLATE], [LEFT_OF] * 6), TASK, []),
+    ("attributes at the limit", facts_json([dict(BLOCK, attributes=["a1", "a2", "a3", "a4"])]), TASK, []),
+    ("supplement of 360 characters", facts_json([{"name": "x" * 100}, {"name": "y" * 196}]), TASK, []),
+    ("supplement of 361 characters", facts_json([{"name": "x" * 100}, {"name": "y" * 197}]), TASK,
+     ["supplement_too_long_chars"]),
+    ("three task words in a row", facts_json([dict(BLOCK, attributes=["on the blue"])]), TASK, []),
+    ("four task words in a row", facts_json([dict(BLOCK, attributes=["on the blue plate"])]), TASK, ["task_copy"]),
     ("too many objects", facts_json([{"name": f"block {i}"} for i in range(7)]), TASK, ["too_many_objects"]),
     ("too many relations", facts_json([BLOCK, PLATE], [LEFT_OF] * 7), TASK, ["too_many_relations"]),
     ("too many attributes", facts_json([dict(BLOCK, attributes=["a1", "a2", "a3", "a4", "a5"])]), TASK,
@@ -132,6 +139,12 @@ def test_parse_error_codes_say_why(raw, code):
     assert str(info.value)
 
 
+def test_a_fenced_facts_object_wins_over_one_in_the_prose_before_it():
+    decoy = facts_json([{"name": "decoy"}])
+    raw = f"Not this one: {decoy}, which I revised:\n```json\n{GOOD}\n```"
+    assert [o.name for o in parse_facts(raw).objects] == ["red block", "blue plate"]
+
+
 def test_first_facts_object_wins_over_unrelated_json():
     raw = 'meta {"model": "x"} then {"objects": [{"name": "cup"}]} and {"objects": [{"name": "bowl"}]}'
     assert [o.name for o in parse_facts(raw).objects] == ["cup"]
@@ -149,15 +162,16 @@ def test_renderer_is_deterministic_and_order_independent():
                                     "gripper: open, holding nothing.")
 
 
-def test_token_bound_uses_the_given_tokenizer():
-    class WordTokenizer:
-        def encode(self, text, add_special_tokens=False):
-            return text.split()
+def test_token_bound_uses_the_given_tokenizer(tiny_models):
+    """The policy's tokenizer (here the tiny OpenVLA checkpoint's) counts the supplement's tokens."""
+    from transformers import AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models / "openvla_tiny")
     facts = parse_facts(GOOD)
-    n_tokens = len(render_supplement(facts).split())
-    ok = validate_facts(facts, TASK, Limits(max_supplement_tokens=n_tokens), WordTokenizer())
-    too_long = validate_facts(facts, TASK, Limits(max_supplement_tokens=n_tokens - 1), WordTokenizer())
+    n_tokens = len(tokenizer.encode(render_supplement(facts), add_special_tokens=False))
+    assert n_tokens != len(render_supplement(facts).split())  # a count of its own, not words
+    ok = validate_facts(facts, TASK, Limits(max_supplement_tokens=n_tokens), tokenizer)
+    too_long = validate_facts(facts, TASK, Limits(max_supplement_tokens=n_tokens - 1), tokenizer)
     assert ok.valid and ok.supplement_tokens == n_tokens
     assert too_long.violations == ["supplement_too_long_tokens"]
 

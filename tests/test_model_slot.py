@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from polling import poll
 from task_supplementor.ros.model_slot import ModelSlot
 
 
@@ -71,8 +72,7 @@ def test_preflight_rejects_without_loading(gate_slot):
 def test_newest_waiting_request_wins(gate_slot):
     gate, slot = gate_slot
     slot.request("a")          # starts loading, blocked on the gate
-    while slot.loading != "a":
-        pass
+    assert poll(lambda: slot.loading == "a", 5, period=0.001)
     slot.request("b")
     slot.request("c")          # replaces b while a still loads
     gate.release.set()
@@ -116,8 +116,7 @@ def test_asking_for_what_serves_or_is_on_its_way_loads_nothing(gate_slot):
     assert not slot.busy and slot.last_error == "" and slot.swaps == 1
     gate.release.clear()
     slot.request("b")
-    while slot.loading != "b":
-        pass
+    assert poll(lambda: slot.loading == "b", 5, period=0.001)
     slot.request("b")  # already loading
     assert slot.target == "b"
     slot.request("a")  # back to "a" while "b" loads: "b" lands, then "a" loads again

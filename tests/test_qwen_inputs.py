@@ -1,4 +1,6 @@
-"""Qwen2.5-VL inputs built without AutoProcessor must give the model what the official processor gives it."""
+"""Qwen2.5-VL inputs built without AutoProcessor: what the model depends on (3-D rotary positions for the image
+tokens, one pad per visual token) and refusals of frames and texts it must not guess about. (The official processor
+itself cannot be built here to compare with: it needs torchvision, which has no build for this torch.)"""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -39,20 +40,21 @@ class RollingRate:
     reporting the rate of the last burst.
     """
 
-    def __init__(self, window_s: float = 10.0):
+    def __init__(self, window_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
         self._window_s = window_s
+        self._clock = clock  # seconds; injectable so a test can say exactly when events happen
         self._times: deque[float] = deque()
         self._lock = threading.Lock()
 
     def tick(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             self._times.append(now)
             self._forget_before(now - self._window_s)
 
     def hz(self) -> float:
         with self._lock:
-            self._forget_before(time.monotonic() - self._window_s)
+            self._forget_before(self._clock() - self._window_s)
             first, last, n = (self._times[0], self._times[-1], len(self._times)) if self._times else (0.0, 0.0, 0)
         return (n - 1) / (last - first) if n > 1 and last > first else 0.0
 
