@@ -68,6 +68,12 @@ PARAMETER_ARGUMENTS: dict[str, tuple[tuple[tuple[str, str], ...], str]] = {
     "prompt_mode": ((("vla", "prompt_mode"),), "VLA prompt: none (E0) | supplement (E2/E5) | placeholder (E3)"),
     "control_rate_hz": ((("vla", "control_rate_hz"),), "VLA action rate (BridgeData v2: 5 Hz)"),
     "dry_run": ((("vla", "dry_run"),), "flag actions as dry-run (no hardware moves); true until you mean it"),
+    "facts_max_age_s": ((("vla", "facts_max_age_s"),),
+                        "facts older than this (frame stamp - facts stamp, s) are stale; on a robot it must exceed "
+                        "the supplementor's latency plus its period"),
+    "stale_facts_policy": ((("vla", "stale_facts_policy"),),
+                           "stale, missing or (with require_frame_facts) invalid facts: hold (no action) | none "
+                           "(act on the official prompt)"),
     "require_frame_facts": ((("vla", "require_frame_facts"),),
                             "act on frame t only with facts of frame t (deterministic replay experiments)"),
     "fuse_invalid_facts": ((("vla", "fuse_invalid_facts"),),

@@ -201,7 +201,10 @@ def run_demo(config: DemoConfig) -> int:
     run_dir = work / "runs" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     arguments = {"supplementor_checkpoint": str(supplementor), "vla_checkpoint": str(vla), "device": config.device,
                  "prompt_mode": config.prompt_mode, "require_frame_facts": "true", "image_compressed": "true",
-                 "dry_run": "true", "fuse_invalid_facts": str(config.fuse_invalid_facts).lower()}
+                 "dry_run": "true", "fuse_invalid_facts": str(config.fuse_invalid_facts).lower(),
+                 # a frame whose facts came invalid is acted on with the official prompt (and recorded so), not held:
+                 # held, lockstep would wait out its action timeout on every such frame
+                 "stale_facts_policy": "none"}
     domain = isolate_ros_graph()
     stage(4, f"starting supplementor + vla (prompt_mode={config.prompt_mode}, device={config.device}, "
              f"ROS_DOMAIN_ID={domain}, this host only); logs in {run_dir / 'logs'}")

@@ -307,8 +307,8 @@ def test_a_rejected_atomic_set_changes_nothing_not_even_the_rate(graph):
         assert not future.result().result.successful
     finally:
         h.node.destroy_client(client)
-    _first_facts_for(h, 6100)
-    assert _first_facts_for(h, 6101, timeout=8), "the refused rate_hz 0.1 (one description per 10 s) took effect"
+    _first_facts_for(h, 6200)
+    assert _first_facts_for(h, 6201, timeout=8), "the refused rate_hz 0.1 (one description per 10 s) took effect"
 
 
 def test_max_new_tokens_too_small_for_the_schema_is_refused_with_the_minimum(graph):

@@ -9,6 +9,7 @@ per frame, so each stamp yields at most one action.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -251,7 +252,7 @@ def test_dry_run_flag_follows_the_parameter(vla: Harness):
     assert vla.act(501).dry_run is True
 
 
-def test_bad_values_rejected_with_reasons(vla: Harness):
+def test_bad_values_rejected_with_reasons(vla: Harness, tmp_path):
     result = vla.set(unnorm_key="bridge")[0]
     assert not result.successful
     for key in ("'bridge'", "bridge_orig", "fractal20220817_data", "taco_play"):
@@ -260,6 +261,13 @@ def test_bad_values_rejected_with_reasons(vla: Harness):
     assert not vla.set(supplement_template="no slots here")[0].successful
     missing = vla.set(checkpoint="/nonexistent/openvla-7b")[0]
     assert not missing.successful and "config.json" in missing.reason
+    for damage, said in ((lambda shard: shard.unlink(), "shards named in the index are missing"),
+                         (lambda shard: os.truncate(shard, shard.stat().st_size - 100), "truncated")):
+        broken = tmp_path / f"openvla_{len(said)}"
+        shutil.copytree(vla.checkpoint, broken)
+        damage(broken / "model-00003-of-00003.safetensors")
+        result = vla.set(checkpoint=str(broken))[0]  # refused at once, not after a background load
+        assert not result.successful and said in result.reason and "model-00003-of-00003" in result.reason
     for name, value, accepted in (("dtype", "int8", "bfloat16"), ("device", "cuda:0;cuda:1", "cuda:0,cuda:1"),
                                   ("backend", "openvla", "native, hf-official")):
         result = vla.set(**{name: value})[0]
@@ -321,14 +329,21 @@ def _checkpoint_copy(source: str, out, extra_key: str, constant_action: list[flo
 
 
 def test_failed_swap_keeps_policy_and_key_then_a_retry_loads_with_the_new_key(vla: Harness, tmp_path):
-    """A checkpoint that passes the quick check but fails to load (a shard missing) leaves the old policy serving
-    with its own unnorm key (the new key, which the old checkpoint lacks, waits for the new policy); setting the same
-    checkpoint again once the files are fixed loads it, and its actions use the new key."""
+    """A checkpoint that passes the quick check but fails to load (a whole shard holding a tensor of the wrong
+    shape) leaves the old policy serving with its own unnorm key (the new key, which the old checkpoint lacks, waits
+    for the new policy); setting the same checkpoint again once the files are fixed loads it, and its actions use the
+    new key."""
+    from safetensors.torch import load_file, save_file
+
     other = tmp_path / "openvla_c"
     constant = [0.01, -0.02, 0.03, -0.04, 0.05, -0.06, 0.0]
     _checkpoint_copy(vla.checkpoint, other, "only_in_c", constant)
     shard = other / "model-00002-of-00003.safetensors"
     shard.rename(tmp_path / shard.name)
+    tensors = load_file(tmp_path / shard.name)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name].flatten()[1:].clone()  # one element short: whole file, wrong shape
+    save_file(tensors, shard, metadata={"format": "pt"})
     errors_before = vla.counter("inference_errors")
     results = vla.set(checkpoint=str(other), unnorm_key="only_in_c")  # in this order: the key goes with "other"
     assert [r.successful for r in results] == [True, True], [r.reason for r in results]
@@ -338,7 +353,7 @@ def test_failed_swap_keeps_policy_and_key_then_a_retry_loads_with_the_new_key(vl
     assert action is not None and action.policy_id == vla.checkpoint
     assert vla.diagnostics["unnorm_key"] == "bridge_orig"
     assert vla.counter("inference_errors") == errors_before
-    (tmp_path / shard.name).rename(shard)
+    (tmp_path / shard.name).replace(shard)
     assert vla.set(checkpoint=str(other))[0].successful  # the same value again: a retry
     stamps = iter(range(901, 1000))
     served = vla.wait_for(lambda: (a := vla.act(next(stamps))) is not None and a.policy_id == str(other) and a, 60)

@@ -8,7 +8,6 @@ ViT block, final ViT norms, SigLIP MAP head) are skipped; anything else missing 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+from task_supplementor import checkpoint_files
 from vla_node.config import OpenVLAConfig
 from vla_node.model import OpenVLAModel
 
@@ -27,31 +27,18 @@ class CheckpointError(RuntimeError):
 
 def weight_map(checkpoint_dir: Path) -> dict[str, str] | None:
     """The index's tensor name -> shard file name (None for a single-file checkpoint)."""
-    index = checkpoint_dir / "model.safetensors.index.json"
-    if not index.is_file():
-        return None
     try:
-        mapping = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{index}: not a shard index ({type(exc).__name__}: {exc})") from None
-    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
-        raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names")
-    return mapping
+        return checkpoint_files.weight_map(checkpoint_dir)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def safetensors_files(checkpoint_dir: Path, mapping: dict[str, str] | None) -> list[Path]:
     """The weight files: the shards ``mapping`` (:func:`weight_map`) names, else the single model.safetensors."""
-    if mapping is not None:
-        shards = [checkpoint_dir / name for name in sorted(set(mapping.values()))]
-        missing = [shard.name for shard in shards if not shard.is_file()]
-        if missing:
-            raise CheckpointError(f"{checkpoint_dir}: shards named in the index are missing: {missing}")
-        return shards
-    single = checkpoint_dir / "model.safetensors"
-    if single.is_file():
-        return [single]
-    raise CheckpointError(f"{checkpoint_dir}: no model.safetensors or model.safetensors.index.json "
-                          "(PyTorch .bin checkpoints are not supported)")
+    try:
+        return checkpoint_files.weight_files(checkpoint_dir, mapping)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def parse_device_map(device_map: str | Sequence[str]) -> list[torch.device]:

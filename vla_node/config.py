@@ -95,7 +95,6 @@ class OpenVLAConfig:
     """Everything the runtime needs from an OpenVLA checkpoint directory."""
 
     vision: tuple[ViTSpec, ...]
-    timm_model_ids: tuple[str, ...]
     arch_specifier: str
     text_config: dict[str, Any]
     norm_stats: dict[str, Any]
@@ -133,7 +132,6 @@ class OpenVLAConfig:
         text.setdefault("pad_token_id", raw.get("pad_token_id", 32000))
         return cls(
             vision=vision,
-            timm_model_ids=ids,
             arch_specifier=raw["arch_specifier"],
             text_config=text,
             norm_stats=raw.get("norm_stats") or {},

@@ -1,7 +1,8 @@
 """What every policy backend offers the node and the experiments, and the checks made before any load.
 
-WHY a preflight that reads only config.json: a wrong path or unnorm key must be rejected in the set-parameters
-callback, with the reason (and the list of available keys), before a multi-minute 7B load starts.
+WHY a preflight that reads config.json and the weight files' headers only: a wrong path, a missing or truncated shard
+or a wrong unnorm key must be rejected in the set-parameters callback, with the reason (and the list of available
+keys), before a multi-minute 7B load starts; anything subtler (a tensor of the wrong shape) fails that load.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from task_supplementor.checkpoint_files import check_weights
 from task_supplementor.devices import ModelChoice, check_load_choices, resolve_auto
 
 BACKENDS = ("native", "hf-official")
@@ -33,7 +35,6 @@ class PolicySpec(ModelChoice):
 class Policy(Protocol):
     """A loaded policy: images + full prompt texts -> un-normalised 7-D actions, one row per image."""
 
-    policy_id: str
     tokenizer: Any  # the policy's tokenizer (placeholder prompts are measured with it)
     norm_stats: dict[str, Any]
 
@@ -66,6 +67,7 @@ def preflight(spec: PolicySpec) -> None:
     (a key belongs to a checkpoint, and may change without a load)."""
     check_load_choices(spec.backend, BACKENDS, spec.device, spec.dtype, two_devices=True)
     norm_stats_of(spec.checkpoint)
+    check_weights(Path(spec.checkpoint))
 
 
 def resolve_device_dtype(spec: PolicySpec):

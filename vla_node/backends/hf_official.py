@@ -52,9 +52,8 @@ def environment_problems(checkpoint: str | Path) -> list[str]:
 class HFOfficialPolicy:
     """Wraps the official model and processor; same interface as the native backend."""
 
-    def __init__(self, model, processor, policy_id: str, device: str, dtype) -> None:
+    def __init__(self, model, processor, device: str, dtype) -> None:
         self.model, self.processor = model, processor
-        self.policy_id = policy_id
         self.tokenizer = processor.tokenizer
         self.norm_stats = model.norm_stats
         self.device, self.dtype = device, dtype
@@ -82,4 +81,4 @@ def load(spec: PolicySpec) -> HFOfficialPolicy:
     processor = AutoProcessor.from_pretrained(spec.checkpoint, trust_remote_code=True)
     model = AutoModelForVision2Seq.from_pretrained(spec.checkpoint, torch_dtype=dtype, low_cpu_mem_usage=True,
                                                    trust_remote_code=True).to(device).eval()
-    return HFOfficialPolicy(model, processor, spec.checkpoint, device, dtype)
+    return HFOfficialPolicy(model, processor, device, dtype)

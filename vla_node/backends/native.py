@@ -16,7 +16,6 @@ class NativePolicy:
             raise ValueError(f"{policy_id} has no tokenizer files (tokenizer.json / tokenizer.model): text prompts "
                              "cannot be encoded")
         self.runtime = runtime
-        self.policy_id = policy_id
         self.tokenizer = runtime.tokenizer
         self.norm_stats = runtime.config.norm_stats
 
