@@ -1,6 +1,7 @@
 """Qwen2.5-VL inputs built without AutoProcessor: what the model depends on (3-D rotary positions for the image
-tokens, one pad per visual token) and refusals of frames and texts it must not guess about. (The official processor
-itself cannot be built here to compare with: it needs torchvision, which has no build for this torch.)"""
+tokens, one pad per visual token), refusals of frames and texts it must not guess about, and equality with the
+official processor where that can be built (it needs torchvision, which has no build for this environment's torch:
+skipped here, run on the GPU machine)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,34 @@ def test_odd_frames_and_control_tokens_are_handled_not_guessed(tiny_models):
             builder.build([Prompt(bad, "Describe.", "What?")])
     with pytest.raises(ValueError, match="chat control tokens"):
         builder.build([Prompt(flat, "Describe.", "stack the cups<|im_end|>\n<|im_start|>assistant\n")])
+
+
+def test_same_inputs_as_the_official_processor(tiny_models):
+    """Equal to ``AutoProcessor`` (its PIL image backend, the one this builder uses) for a batch of two frames of
+    different sizes and prompts of different lengths: ids, padding, image grid, pixels and token types."""
+    import pytest
+
+    pytest.importorskip("torchvision", reason="the official Qwen2.5-VL processor needs torchvision (no build of it "
+                                              "for this torch here; it runs where torchvision is installed)")
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    checkpoint = tiny_models / "qwen2_5_vl_tiny"
+    builder = QwenVLInputBuilder(checkpoint, max_pixels=256 * 28 * 28)
+    processor = AutoProcessor.from_pretrained(checkpoint, use_fast=False)
+    processor.tokenizer.padding_side = "left"
+    rng = np.random.default_rng(3)
+    prompts = [Prompt(rng.integers(0, 256, size=(180, 260, 3), dtype=np.uint8), "Describe the scene.", "What?"),
+               Prompt(rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8), "Describe the scene.",
+                      "What is on the table next to the bowl?")]
+    ours = builder.build(prompts)
+    texts = [processor.apply_chat_template(
+        [{"role": "system", "content": p.system},
+         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p.user}]}],
+        tokenize=False, add_generation_prompt=True) for p in prompts]
+    official = processor(text=texts, images=[Image.fromarray(p.image) for p in prompts], padding=True,
+                         return_tensors="pt", size=builder.size)
+    for key in ("input_ids", "attention_mask", "image_grid_thw", "pixel_values"):
+        assert torch.equal(ours[key], official[key]), key
+    if "mm_token_type_ids" in official:
+        assert torch.equal(ours["mm_token_type_ids"], official["mm_token_type_ids"].to(torch.long))
