@@ -64,16 +64,21 @@ class SuiteProcesses:
         self._logs: list[TextIO] = []
 
     def start(self) -> None:
-        for name, command in self.commands.items():
-            output = None
-            if self.log_dir is not None:
-                self.log_dir.mkdir(parents=True, exist_ok=True)
-                output = open(self.log_dir / f"{name}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed in stop)
-                self._logs.append(output)
-            self.processes[name] = subprocess.Popen(
-                command, env=bringup.node_environment(), stdin=subprocess.DEVNULL, stdout=output,
-                stderr=subprocess.STDOUT if output else None, process_group=0,
-                preexec_fn=_stop_with_parent if sys.platform.startswith("linux") else None)
+        """Start every node; if one cannot be started (or Ctrl-C comes meanwhile), stop those already started."""
+        try:
+            for name, command in self.commands.items():
+                output = None
+                if self.log_dir is not None:
+                    self.log_dir.mkdir(parents=True, exist_ok=True)
+                    output = open(self.log_dir / f"{name}.log", "w", encoding="utf-8")  # noqa: SIM115 (see stop)
+                    self._logs.append(output)
+                self.processes[name] = subprocess.Popen(
+                    command, env=bringup.node_environment(), stdin=subprocess.DEVNULL, stdout=output,
+                    stderr=subprocess.STDOUT if output else None, process_group=0,
+                    preexec_fn=_stop_with_parent if sys.platform.startswith("linux") else None)
+        except BaseException:
+            self.stop()  # __exit__ does not run when __enter__ raises
+            raise
 
     def check_alive(self) -> None:
         """Raise :class:`NodeDied` for the first node that has exited."""
@@ -153,10 +158,10 @@ def run(args: argparse.Namespace) -> int:
     # that starts `up &` in a script starts it with SIGINT ignored.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    suite.start()
-    started = ", ".join(f"{name} (pid {process.pid})" for name, process in suite.processes.items())
-    print(f"task-supplementor up: started {started}; Ctrl-C stops them", flush=True)
     try:
+        suite.start()
+        started = ", ".join(f"{name} (pid {process.pid})" for name, process in suite.processes.items())
+        print(f"task-supplementor up: started {started}; Ctrl-C stops them", flush=True)
         while True:
             suite.check_alive()
             time.sleep(0.2)

@@ -266,3 +266,19 @@ def test_replay_launch_passes_only_options_the_replay_command_has() -> None:
     assert literal, "no option found written out in replay.launch.py: has this test stopped seeing them?"
     passed = literal | {f"--{name}" for name in ("manifest", "split", "episodes")}  # built as f"--{name}"
     assert passed <= known, f"replay.launch.py passes options replay does not have: {sorted(passed - known)}"
+
+
+def test_a_node_that_cannot_be_started_stops_those_already_started(tiny_models: Path, tmp_path: Path) -> None:
+    """The second node's log cannot be opened (a directory is in its place): the first node, already running, is
+    stopped before the error reaches the caller (``__exit__`` does not run when ``__enter__`` raises)."""
+    from task_supplementor.up import SuiteProcesses
+
+    (tmp_path / f"{bringup.SUITE[1].name}.log").mkdir()
+    suite = SuiteProcesses({"supplementor_checkpoint": str(tiny_models / "qwen2_5_vl_tiny"),
+                            "vla_checkpoint": str(tiny_models / "openvla_tiny"), "device": "cpu"},
+                           log_dir=tmp_path)
+    with pytest.raises(IsADirectoryError):
+        with suite:
+            pass
+    first = suite.processes[bringup.SUITE[0].name]
+    assert list(suite.processes) == [bringup.SUITE[0].name] and first.poll() is not None
