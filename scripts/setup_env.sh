@@ -83,7 +83,7 @@ h=$( { cat "$ROOT/requirements/python.txt" "$ROOT/setup.py"; ls "$ROOT"/*/__init
 if stamp_ok python "$h"; then
     say "Python dependencies: up to date"
 else
-    say "Python dependencies: installing (torch==2.13.0 CPU, transformers, rosbags, tensorflow-datasets, ...)"
+    say "Python dependencies: installing (torch==2.13.0, transformers, rosbags, tensorflow-datasets, ...)"
     pip_install -r "$ROOT/requirements/python.txt"
     # PEP 517 editable install: the legacy `setup.py develop` path rejects the ament-style [develop] section.
     pip_install --no-deps --no-build-isolation --use-pep517 -e "$ROOT"

@@ -140,6 +140,16 @@ def vla(tiny_models, tmp_path_factory):
     assert stopped.clean, f"vla node did not exit cleanly on SIGTERM ({stopped.code}); log:\n{stopped.log_tail}"
 
 
+@pytest.fixture(autouse=True)
+def yaml_prompt_parameters(vla: Harness):
+    """Each test starts from config/vla.yaml's key, prompt and facts parameters, whatever the test before it left
+    (one node serves the module: a test failing half-way must not fail the ones after it)."""
+    results = vla.set(unnorm_key="bridge_orig", prompt_mode="none", placeholder_kind="digits", placeholder_seed=0,
+                      stale_facts_policy="hold", facts_max_age_s=1.0, require_frame_facts=False,
+                      fuse_invalid_facts=False, dry_run=True)
+    assert all(r.successful for r in results), [r.reason for r in results]
+
+
 @pytest.fixture(scope="module")
 def policy(vla: Harness):
     """The tiny policy loaded in this process through the node's own loader, to recompute what the node acted on."""
