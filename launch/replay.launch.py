@@ -27,6 +27,7 @@ REPLAY_ARGUMENTS = {
     "camera": ("image_0", "bag camera that feeds the nodes' camera topic"),
     "out": ("replay_out", "record folder (record bags, frames.jsonl, summary.json)"),
     "action_timeout": ("30.0", "lockstep: seconds to wait for the action of a frame (a timeout is recorded)"),
+    "resume": ("false", "true: finish the interrupted run in out (same bags and options) instead of refusing it"),
 }
 
 
@@ -55,6 +56,8 @@ def replay_process(context) -> list:
     for name in ("manifest", "split", "episodes"):
         if value[name]:
             command += [f"--{name}", value[name]]
+    if value["resume"].strip().lower() in ("true", "1", "yes", "on"):
+        command.append("--resume")
     command += ["--camera-topic", LaunchConfiguration("camera_topic").perform(context),
                 "--task-topic", LaunchConfiguration("task_topic").perform(context)]
     replay = ExecuteProcess(cmd=command, output="screen", name="replay")

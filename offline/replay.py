@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 from offline import topics
 from offline.bag_io import BagMessage, bag_topics, read_bag, stamp_ns
 from offline.episode_bag import source_step
+from offline.replay_run import RunFolder
 from offline.typestore import typestore
 
 LIVE_CAMERA = "/camera/image_raw"
@@ -48,7 +48,6 @@ GROUND_TRUTH_TOPIC = topics.ACTION  # copied into the record (not published): pr
 # Between the last stamp of one bag and the first of the next in a run: far beyond any facts age a node accepts, so
 # no node ever fuses one bag's facts into the next bag's frames, not even as "recent" facts.
 BAG_GAP_NS = 3600 * 10**9
-RUN_FILES = ("frames.jsonl", "summary.json", "records")  # what a replay writes into --out
 
 
 @dataclasses.dataclass
@@ -75,6 +74,8 @@ class ReplayConfig:
     #                                 long was probably lost (best-effort camera QoS): publish it again
     drain_s: float = 0.5  # after each bag: wait for late outputs before closing its record
     storage: str = "sqlite3"
+    resume: bool = False  # finish the interrupted run in ``out`` (same settings) instead of refusing the folder
+    progress: bool = False  # a progress bar over the bags on stderr (the CLI's default)
 
 
 @dataclasses.dataclass
@@ -178,17 +179,6 @@ def plan_bag(name: str, path: Path, config: ReplayConfig) -> BagPlan:
             raise ValueError(f"--remap {source} {why} ({path}); remappable topics: {', '.join(publishable)}")
     camera = next(topic for topic in defaults if topic != topics.TASK)
     return BagPlan(name=name, path=Path(path), types=types, remaps={**defaults, **config.remaps}, camera=camera)
-
-
-def prepare_out(out: Path) -> None:
-    """A run writes into a folder of its own: an ``--out`` that already holds a replay is refused, so runs never
-    mix (frames.jsonl of two runs under the summary of one) and a finished run is never overwritten."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder")
-    taken = [name for name in RUN_FILES if (out / name).is_file() or any((out / name).glob("*"))]
-    if taken:
-        raise FileExistsError(f"--out {out} already holds a replay ({', '.join(taken)}): give each run a new folder")
-    (out / "records").mkdir(parents=True, exist_ok=True)  # left empty by a run that failed before its first bag
 
 
 def _msg_class(msgtype: str):
@@ -451,36 +441,68 @@ def _summary(frames: list[dict], config: ReplayConfig, bags: list[str], seconds:
             "wall_s": seconds, "frames_per_s": len(frames) / seconds if seconds > 0 else None}
 
 
+def run_settings(config: ReplayConfig, plans: list[BagPlan]) -> dict:
+    """What decides a run's record (``run.json``): a resumed run must be played with the same."""
+    return {"bags": [plan.name for plan in plans], "mode": config.mode,
+            "rate": config.rate if config.mode == "realtime" else None, "camera": config.camera,
+            "camera_topic": config.camera_topic, "task_topic": config.task_topic,
+            "remaps": dict(sorted(config.remaps.items())), "max_frames": config.max_frames,
+            "wait_facts": config.wait_facts, "storage": config.storage}
+
+
 def replay(config: ReplayConfig) -> ReplayResult:
     """Replay the selected bags (see module docstring); raises ValueError/FileNotFoundError/FileExistsError/
-    TimeoutError. Every bag and option is checked before the first message goes out."""
+    TimeoutError. Every bag and option is checked before the first message goes out. With ``out``, each finished
+    bag is journalled (:mod:`offline.replay_run`), so ``resume`` can finish an interrupted run."""
+    from tqdm import tqdm
+
     if config.mode not in ("lockstep", "realtime"):
         raise ValueError(f"mode must be lockstep or realtime, not {config.mode!r}")
     if config.rate <= 0:
         raise ValueError("--rate must be > 0")
     plans = [plan_bag(name, path, config) for name, path in select_bags(config)]
+    run: RunFolder | None = None
     if config.out is not None:
         config.out = Path(config.out)
-        prepare_out(config.out)
+        opened = RunFolder.resume if config.resume else RunFolder.start
+        run = opened(config.out, run_settings(config, plans))
+        if run.bags_done:
+            print(f"replay: resuming {config.out}: {len(run.bags_done)} of {len(plans)} bags already recorded",
+                  file=sys.stderr)
+    frames = list(run.frames) if run else []
+    next_free_ns = run.next_free_ns if run else None
+    seconds = run.seconds if run else 0.0
+    todo = plans[len(run.bags_done):] if run else plans
     recorder = _Recorder(config.storage)
     player = _Player(recorder)
-    frames: list[dict] = []
-    next_free_ns: int | None = None
-    started = time.monotonic()
+    # on a terminal a bar; in a log (ros2 launch, a batch job) a line per bag, which a \r-updated bar is not
+    bar_shown = config.progress and sys.stderr.isatty()
+    bar = tqdm(total=len(plans), initial=len(plans) - len(todo), unit="bag", desc=f"replay {config.mode}",
+               disable=not bar_shown, file=sys.stderr)
     try:
-        for plan in plans:
-            bag_frames, next_free_ns = _replay_bag(player, recorder, plan, config, not frames, next_free_ns)
+        for position, plan in enumerate(todo):
+            started = time.monotonic()
+            # the first action of this invocation may wait for the models to load (nodes may have been restarted)
+            bag_frames, next_free_ns = _replay_bag(player, recorder, plan, config, position == 0, next_free_ns)
+            elapsed = time.monotonic() - started
             frames += bag_frames
-            if config.out is not None:
-                with (config.out / "frames.jsonl").open("a", encoding="utf-8") as handle:
-                    for entry in bag_frames:
-                        handle.write(json.dumps(entry, sort_keys=True) + "\n")
+            seconds += elapsed
+            if run is not None:
+                run.bag_done(plan.name, bag_frames, next_free_ns, elapsed)
+            timeouts = sum(bool(f["timed_out"]) for f in frames)
+            bar.update()
+            bar.set_postfix(frames=len(frames), timeouts=timeouts, refresh=False)
+            if config.progress and not bar_shown:
+                print(f"replay: {len(plans) - len(todo) + position + 1}/{len(plans)} bags ({plan.name}: "
+                      f"{len(bag_frames)} frames; {len(frames)} frames, {timeouts} timeouts in all)",
+                      file=sys.stderr, flush=True)
     finally:
+        bar.close()
         recorder.close()
         player.close()
-    summary = _summary(frames, config, [plan.name for plan in plans], time.monotonic() - started)
-    if config.out is not None:
-        (config.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    summary = _summary(frames, config, [plan.name for plan in plans], seconds)
+    if run is not None:
+        run.write_summary(summary)
     return ReplayResult(frames=frames, summary=summary, out=config.out)
 
 
@@ -500,7 +522,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or one index")
     parser.add_argument("--out", type=Path, default=None,
                         help="record folder (records/, frames.jsonl, summary.json); one per run: a folder that "
-                             "already holds a replay is refused")
+                             "already holds a replay is refused, unless --resume")
+    parser.add_argument("--resume", action="store_true",
+                        help="finish the interrupted run in --out: the bags it recorded are kept, the rest played "
+                             "(same bags and options as it was started with)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep")
     parser.add_argument("--rate", type=float, default=1.0, help="realtime speed factor")
     parser.add_argument("--camera", default="image_0", help="bag camera that feeds /camera/image_raw[/compressed]")
@@ -523,15 +549,20 @@ def run(args: argparse.Namespace) -> int:
                           camera_topic=args.camera_topic, task_topic=args.task_topic,
                           remaps=dict(args.remap), max_frames=args.max_frames, wait_facts=args.wait_facts,
                           action_timeout_s=args.action_timeout, startup_timeout_s=args.startup_timeout,
-                          discovery_timeout_s=args.discovery_timeout)
+                          discovery_timeout_s=args.discovery_timeout, resume=args.resume,
+                          progress=not args.no_progress)
+    if args.resume and args.out is None:
+        print("replay: --resume needs --out (the run to finish)", file=sys.stderr)
+        return 2
     try:
         result = replay(config)
     except (OSError, ValueError) as exc:  # TimeoutError, FileExistsError, FileNotFoundError are OSErrors
         print(f"replay: {exc}", file=sys.stderr)
         return 2
     s = result.summary
+    rate = f"{s['frames_per_s']:.2f} frames/s" if s["frames_per_s"] is not None else "no frames"
     print(f"replayed {len(s['bags'])} bag(s), {s['frames']} frames ({s['mode']}): {s['actions']} actions, "
-          f"{s['facts']} facts, {s['timeouts']} timeouts, {s['frames_per_s']:.2f} frames/s")
+          f"{s['facts']} facts, {s['timeouts']} timeouts, {rate}")
     if result.out:
         print(f"record: {result.out}/records, per frame: {result.out}/frames.jsonl")
     return 0 if s["timeouts"] == 0 else 1

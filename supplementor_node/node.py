@@ -78,6 +78,9 @@ def preflight(cfg: DescriberConfig) -> None:
 
 
 class SupplementorNode(ModelNode[DescriberConfig, Describer]):
+    counters = ("frames_received", "frames_dropped", "frames_repeated", "facts_published", "invalid_outputs",
+                "inference_errors")
+
     def __init__(self, **kwargs: Any):
         super().__init__(NODE_NAME, PARAMETERS, "visual facts", Describer, preflight, **kwargs)
         self._frame: CameraFrame | None = None
@@ -134,6 +137,11 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
     # ---- inputs ---------------------------------------------------------------------------------------------
     def _on_frame(self, frame: CameraFrame) -> None:
         with self._cond:
+            if self._frame is not None and frame.stamp_ns == self._frame.stamp_ns:
+                # the same frame again (e.g. a lockstep replay re-sends a frame it heard nothing about): its facts
+                # are on their way or out; one description per frame and task, as the VLA acts once per frame
+                self.health.count("frames_repeated")
+                return
             if self._frame_fresh:
                 self.health.count("frames_dropped")
             self._frame, self._frame_fresh = frame, True

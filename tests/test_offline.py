@@ -378,6 +378,65 @@ def test_realtime_replay_publishes_every_frame_at_the_rate_with_stamps_unique_in
     assert min(second) > max(first)
 
 
+def test_a_replay_killed_midway_resumes_to_the_record_of_an_uninterrupted_run(converted, tmp_path):
+    """Killed during its second bag, ``replay --resume`` keeps the first bag's record, plays the rest again with the
+    stamps an uninterrupted run gives them (they seed placeholder prompts), and ends with the same per-frame record;
+    resuming with other options is refused before anything is touched."""
+    import json
+    import threading
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import CompressedImage
+
+    from offline.replay import ReplayConfig, replay
+    from task_supplementor.ros.qos import SENSOR_QOS
+
+    bags = [converted.bag_path(r) for r in _records(converted)[:3]]
+    run = tmp_path / "run"
+    rclpy.init()
+    node = rclpy.create_node("camera_listener")  # the camera subscriber the replay waits for
+    node.create_subscription(CompressedImage, "/camera/image_raw/compressed", lambda m: None, SENSOR_QOS)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    try:
+        reference = replay(ReplayConfig(bags=bags, mode="realtime", rate=1000.0, out=tmp_path / "reference"))
+        command = [sys.executable, "-m", "task_supplementor.cli", "replay", *map(str, bags), "--mode", "realtime",
+                   "--rate", "1000", "--out", str(run), "--no-progress"]
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        journal = run / "bags.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if journal.is_file() and journal.read_text().count("\n") >= 1:
+                break
+            time.sleep(0.002)
+        assert process.poll() is None, "the replay ended before it could be killed"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert journal.read_text().count("\n") < len(bags)
+        with pytest.raises(ValueError, match=r"other settings \(rate differ\)"):
+            replay(ReplayConfig(bags=bags, mode="realtime", rate=2.0, out=run, resume=True))
+        resumed = replay(ReplayConfig(bags=bags, mode="realtime", rate=1000.0, out=run, resume=True))
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown()
+
+    def deterministic(frames):
+        return [{k: f[k] for k in ("bag", "frame", "stamp_ns", "bag_stamp_ns", "step", "task")} for f in frames]
+
+    on_disk = [json.loads(line) for line in (run / "frames.jsonl").read_text().splitlines()]
+    assert deterministic(on_disk) == deterministic(resumed.frames) == deterministic(reference.frames)
+    assert [json.loads(line)["bag"] for line in journal.read_text().splitlines()] == [b.name for b in bags]
+    assert sorted(p.name for p in (run / "records").iterdir()) == sorted(b.name for b in bags)
+    camera = "/camera/image_raw/compressed"  # the records hold what was published, on its live topic
+    for bag in bags:  # each record whole: the interrupted bag's partial one was replaced
+        assert len(_read_bag(run / "records" / bag.name)[camera]) == \
+            len(_read_bag(tmp_path / "reference" / "records" / bag.name)[camera])
+    assert json.loads((run / "summary.json").read_text())["frames"] == len(reference.frames)
+
+
 def _start_suite(tiny_models: Path, logs: Path, **vla_parameters: str):
     """Both nodes as processes on the tiny checkpoints (CPU), the vla with ``vla_parameters`` on top."""
     supplementor = start_node("supplementor_node.node", "supplementor.yaml",

@@ -311,6 +311,18 @@ def test_a_rejected_atomic_set_changes_nothing_not_even_the_rate(graph):
     assert _first_facts_for(h, 6201, timeout=8), "the refused rate_hz 0.1 (one description per 10 s) took effect"
 
 
+def test_a_frame_sent_again_is_described_once(graph):
+    """The same frame (stamp) again, as a lockstep replay re-sends a frame it heard nothing about: one description."""
+    h: Harness = graph["raw"]
+    _first_facts_for(h, 6300)
+    for _ in range(10):  # at 30 Hz each copy would be described again if it counted as a new frame
+        h.image_pub.publish(h.frame(6300, 456))
+        time.sleep(0.1)
+    _first_facts_for(h, 6301)  # a later frame is described: the node is not stuck
+    assert len([m for _, m in h.received.facts_since(0) if m.header.stamp.sec == 6300]) == 1
+    assert h.wait_for(lambda: int(h.counters().get("frames_repeated", 0)) >= 5, 5)
+
+
 def test_max_new_tokens_too_small_for_the_schema_is_refused_with_the_minimum(graph):
     h: Harness = graph["raw"]
     result = h.set_value("max_new_tokens", ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=100))

@@ -29,6 +29,7 @@ from node_process import start_node, stop_nodes
 from polling import poll
 from task_supplementor.ros.images import rgb_to_imgmsg
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
+from vla_node.node import VlaNode
 from vla_node.prompt_fusion import FusionConfig, PromptFuser
 from vla_node.widowx import HIGH, LOW, clip_to_widowx
 
@@ -399,6 +400,8 @@ def test_a_start_up_checkpoint_held_back_by_its_unnorm_key_loads_once_the_key_is
         said = held.wait_for(lambda: "unnorm_key 'bridge'" in held.diagnostics_message, 60)
         assert said and "bridge_orig" in held.diagnostics_message, (held.diagnostics_message, log.read_text())
         assert held.diagnostics.get("policy_id") == "none"
+        assert all(key in held.diagnostics for key in VlaNode.counters), held.diagnostics  # every key from the start
+        assert held.diagnostics["actions_published"] == held.diagnostics["frames_received"] == "0"
         assert held.set(unnorm_key="bridge_orig")[0].successful
         action = held.act(1100, timeout=60)
         assert action is not None and action.policy_id == vla.checkpoint, log.read_text()

@@ -99,6 +99,9 @@ class FactsChoice:
 
 class VlaNode(ModelNode[PolicySpec, Policy]):
     model_noun = "policy"
+    counters = ("frames_received", "frames_dropped", "facts_received", "actions_published", "actions_clipped",
+                "stale_facts", "idle_ticks", "ticks_without_task_or_policy", "ticks_waiting_for_facts",
+                "placeholder_failures", "inference_errors")
 
     def __init__(self, **kwargs: Any):
         super().__init__(NODE_NAME, PARAMETERS, "actions", load_policy, preflight, **kwargs)

@@ -69,10 +69,10 @@ class Health:
     Level: ERROR while ``error`` is set (e.g. no model can serve), WARN while ``warning`` is set, else OK.
     """
 
-    def __init__(self, name: str, hardware_id: str, window: int = 200):
+    def __init__(self, name: str, hardware_id: str, window: int = 200, counters: tuple[str, ...] = ()):
         self.name, self.hardware_id = name, hardware_id
         self.latency = RollingLatency(window)
-        self._counters: dict[str, int] = {}
+        self._counters: dict[str, int] = dict.fromkeys(counters, 0)
         self._fields: dict[str, str] = {}
         self._lock = threading.Lock()
         self.error = ""

@@ -47,13 +47,15 @@ class ModelNode(Node, Generic[S, T]):
     """
 
     model_noun = "model"  # what the slot holds, in messages and the id field (``<noun>_id``) of the status
+    counters: tuple[str, ...] = ()  # reported from the first status on, at 0 until counted (dashboards need the keys)
 
     def __init__(self, name: str, parameters: dict[str, ParamSpec], health_name: str, load: Callable[[S], T],
                  preflight: Callable[[S], None], **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
         declare_parameters(self, parameters)
         # status named after the node's full name, so two such nodes in one graph stay apart in /diagnostics
-        self.health = Health(f"{self.get_fully_qualified_name()}: {health_name}", hardware_id=self._param("device"))
+        self.health = Health(f"{self.get_fully_qualified_name()}: {health_name}", hardware_id=self._param("device"),
+                             counters=self.counters)
         self._slot: ModelSlot[S, T] = ModelSlot(load, name=lambda spec: spec.checkpoint, preflight=preflight,
                                                 on_event=self._on_slot_event)
         self._cond = threading.Condition()  # guards the inputs the worker waits for, and _stopping

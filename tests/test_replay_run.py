@@ -1,0 +1,67 @@
+"""A replay's record folder: refusing to mix runs, and what a resume keeps, drops and refuses (files only; the
+resume of a real killed replay is in test_offline.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from offline.replay_run import RunFolder
+
+SETTINGS = {"bags": ["train_000000", "train_000001", "train_000002"], "mode": "lockstep", "rate": None}
+
+
+def _frame(bag: str, index: int) -> dict:
+    return {"bag": bag, "frame": index, "stamp_ns": index}
+
+
+def _interrupted(out):
+    """A run that finished its first bag, wrote the second bag's frames but died before journalling it."""
+    run = RunFolder.start(out, SETTINGS)
+    run.bag_done("train_000000", [_frame("train_000000", 0), _frame("train_000000", 1)], 7_000, 1.5)
+    with (out / "frames.jsonl").open("a") as handle:
+        handle.write(json.dumps(_frame("train_000001", 0)) + "\n")
+    (out / "records" / "train_000000").mkdir()
+    (out / "records" / "train_000001").mkdir()  # the partial record of the bag that was playing
+    (out / "records" / "train_000001" / "part.db3").write_bytes(b"partial")
+
+
+def test_a_new_run_refuses_a_folder_holding_a_replay_and_points_to_resume(tmp_path):
+    _interrupted(tmp_path)
+    with pytest.raises(FileExistsError, match="--resume to finish an interrupted one"):
+        RunFolder.start(tmp_path, SETTINGS)
+
+
+def test_resume_keeps_the_journalled_bags_and_drops_what_the_interrupted_one_left(tmp_path):
+    _interrupted(tmp_path)
+    run = RunFolder.resume(tmp_path, dict(SETTINGS))
+    assert run.bags_done == ["train_000000"] and run.next_free_ns == 7_000 and run.seconds == 1.5
+    assert run.frames == [_frame("train_000000", 0), _frame("train_000000", 1)]
+    on_disk = [json.loads(line) for line in (tmp_path / "frames.jsonl").read_text().splitlines()]
+    assert on_disk == run.frames
+    assert sorted(p.name for p in (tmp_path / "records").iterdir()) == ["train_000000"]
+
+
+def test_resume_refuses_other_settings_and_damaged_journals_and_changes_nothing(tmp_path):
+    _interrupted(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match=r"other settings \(mode differ\)"):
+        RunFolder.resume(tmp_path, dict(SETTINGS, mode="realtime"))
+    with pytest.raises(ValueError, match=r"other settings \(bags differ\)"):
+        RunFolder.resume(tmp_path, dict(SETTINGS, bags=["train_000001", "train_000000", "train_000002"]))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    (tmp_path / "bags.jsonl").write_text('{"bag": "train_000001", "frames": 1, "next_free_ns": 1, "seconds": 1}\n')
+    with pytest.raises(ValueError, match="does not list the first bags"):
+        RunFolder.resume(tmp_path, dict(SETTINGS))
+    (tmp_path / "bags.jsonl").write_text('{"bag": "train_000000", "frames": 2}\n')  # no next_free_ns
+    with pytest.raises(ValueError, match="not a record of this run"):
+        RunFolder.resume(tmp_path, dict(SETTINGS))
+    (tmp_path / "run.json").write_text("{not json")
+    with pytest.raises(ValueError, match="run.json is damaged"):
+        RunFolder.resume(tmp_path, dict(SETTINGS))
+
+
+def test_resume_of_an_empty_folder_starts_the_run(tmp_path):
+    run = RunFolder.resume(tmp_path / "new", dict(SETTINGS))
+    assert run.bags_done == [] and json.loads((tmp_path / "new" / "run.json").read_text()) == SETTINGS
