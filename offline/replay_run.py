@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -38,53 +39,63 @@ class RunFolder:
 
     @classmethod
     def start(cls, out: Path, settings: dict[str, Any]) -> RunFolder:
-        """A new run in ``out``; one that already holds a replay is refused (runs never mix, none is overwritten)."""
+        """A new run in ``out``; one that already holds a replay is refused (runs never mix, none is overwritten).
+
+        A ``run.json`` alone (a run that failed before its first bag finished, e.g. no node was running) holds no
+        record: the folder is reused, so rerunning the same command works."""
         if out.exists() and not out.is_dir():
             raise FileExistsError(f"--out {out} is a file, not a folder")
-        taken = [name for name in RUN_FILES if (out / name).is_file() or any((out / name).glob("*"))]
+        taken = [name for name in RUN_FILES if name != "run.json" and _holds(out / name)]
         if taken:
             raise FileExistsError(f"--out {out} already holds a replay ({', '.join(taken)}): give each run a new "
                                   "folder, or --resume to finish an interrupted one")
         (out / "records").mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _write_atomically(out / "run.json", json.dumps(settings, indent=2, sort_keys=True) + "\n")
         return cls(out)
 
     @classmethod
     def resume(cls, out: Path, settings: dict[str, Any]) -> RunFolder:
-        """The run in ``out`` to be finished with ``settings`` (a new run when ``out`` holds none)."""
+        """The run in ``out`` to be finished with ``settings`` (a new run when ``out`` holds none). Everything is
+        checked before anything in the folder changes."""
         run_file = out / "run.json"
         if not run_file.is_file():
+            if any(_holds(out / name) for name in RUN_FILES):
+                raise ValueError(f"--resume: {out} holds a replay without run.json (made before replays could be "
+                                 "resumed, or not a replay's folder): it cannot be resumed; give a new folder")
             return cls.start(out, settings)
         recorded = _read_json(run_file)
         differ = sorted(key for key in set(settings) | set(recorded) if settings.get(key) != recorded.get(key))
         if differ:
             raise ValueError(f"--resume: {out} holds a replay with other settings ({', '.join(differ)} differ): "
                              "resume with the options it was started with, or give a new folder")
-        journal = [_parse_line(line, out / "bags.jsonl", ("bag", "next_free_ns", "seconds"))
-                   for line in _lines(out / "bags.jsonl")]
-        done = [str(entry.get("bag")) for entry in journal]
+        journal = _journal_lines(out / "bags.jsonl", ("bag", "frames", "next_free_ns", "seconds"))
+        done = [str(entry["bag"]) for entry in journal]
         if done != settings["bags"][:len(done)]:
             raise ValueError(f"--resume: {out / 'bags.jsonl'} does not list the first bags of the run in order")
-        folder = cls(out, bags_done=done, next_free_ns=journal[-1]["next_free_ns"] if journal else None,
+        frames = [f for f in _journal_lines(out / "frames.jsonl", ("bag",)) if f["bag"] in done]
+        short = [e["bag"] for e in journal if sum(f["bag"] == e["bag"] for f in frames) != e["frames"]]
+        if short:
+            raise ValueError(f"--resume: {out / 'frames.jsonl'} does not hold the frames journalled for "
+                             f"{', '.join(short)}: the folder was damaged; give a new folder")
+        folder = cls(out, bags_done=done, frames=frames, next_free_ns=journal[-1]["next_free_ns"] if journal else None,
                      seconds=float(sum(entry["seconds"] for entry in journal)))
-        folder.frames = [frame for line in _lines(out / "frames.jsonl")
-                         if (frame := _parse_line(line, out / "frames.jsonl", ("bag",)))["bag"] in done]
-        _write_lines(out / "frames.jsonl", folder.frames)  # frames of a bag whose journal line never came go
-        for record in (out / "records").iterdir() if (out / "records").is_dir() else ():
-            if record.name not in done:
-                shutil.rmtree(record)  # the interrupted bag's partial record: that bag is played again
+        # now the folder is brought to exactly the journalled bags (each step atomic or repeatable)
+        _write_atomically(out / "bags.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in journal))
+        _write_atomically(out / "frames.jsonl", "".join(json.dumps(f, sort_keys=True) + "\n" for f in frames))
         (out / "records").mkdir(exist_ok=True)
+        for record in (out / "records").iterdir():
+            if record.is_dir() and record.name not in done:
+                shutil.rmtree(record)  # the interrupted bag's partial record: that bag is played again
         (out / "summary.json").unlink(missing_ok=True)
         return folder
 
     def bag_done(self, name: str, frames: list[dict[str, Any]], next_free_ns: int | None, seconds: float) -> None:
-        """Journal a finished bag: its frames first, then the line that makes them count."""
-        with (self.out / "frames.jsonl").open("a", encoding="utf-8") as handle:
-            for entry in frames:
-                handle.write(json.dumps(entry, sort_keys=True) + "\n")
-        with (self.out / "bags.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"bag": name, "frames": len(frames), "next_free_ns": next_free_ns,
-                                     "seconds": seconds}, sort_keys=True) + "\n")
+        """Journal a finished bag: its frames first, on disk (fsync), then the line that makes them count; so no
+        crash, not even a power loss, leaves a journalled bag without its frames."""
+        _append_synced(self.out / "frames.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in frames))
+        _append_synced(self.out / "bags.jsonl", json.dumps({"bag": name, "frames": len(frames),
+                                                            "next_free_ns": next_free_ns, "seconds": seconds},
+                                                           sort_keys=True) + "\n")
         self.bags_done.append(name)
         self.frames += frames
         self.next_free_ns, self.seconds = next_free_ns, self.seconds + seconds
@@ -93,8 +104,27 @@ class RunFolder:
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
-def _lines(path: Path) -> list[str]:
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
+def _holds(path: Path) -> bool:
+    """A run file that is there, or a run folder with something in it."""
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def _journal_lines(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The JSON lines of ``path``. What follows the last newline (a line the process died writing, or the zero bytes
+    a crash can leave) is left out: it belongs to a bag that is played again. Any other bad line is damage."""
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    entries = []
+    for number, line in enumerate(text.rpartition("\n")[0].split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--resume: {path} line {number} is damaged ({exc}): {line[:80]!r}") from None
+        if not isinstance(value, dict) or any(key not in value for key in required):
+            raise ValueError(f"--resume: {path} line {number} is not a record of this run: {line[:80]!r}")
+        entries.append(value)
+    return entries
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -107,18 +137,18 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
-def _parse_line(line: str, path: Path, required: tuple[str, ...]) -> dict[str, Any]:
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--resume: {path} has a damaged line ({exc}): {line[:80]!r}") from None
-    if not isinstance(value, dict) or any(key not in value for key in required):
-        raise ValueError(f"--resume: {path} has a line that is not a record of this run: {line[:80]!r}")
-    return value
+def _append_synced(path: Path, text: str) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
-def _write_lines(path: Path, entries: list[dict[str, Any]]) -> None:
-    """Replace ``path`` with ``entries`` as JSON lines, atomically (a crash leaves the old file or the new one)."""
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``: a crash leaves the old file or the new one, never a mix."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries), encoding="utf-8")
+    with partial.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     partial.replace(path)

@@ -85,6 +85,7 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
         super().__init__(NODE_NAME, PARAMETERS, "visual facts", Describer, preflight, **kwargs)
         self._frame: CameraFrame | None = None
         self._frame_fresh = False     # the latest frame has not been described yet
+        self._described_stamp: int | None = None  # of the frame described last (or now); None after a failure
         self._task_fresh = False      # the task changed since the last description
         self._min_period_s = 1.0 / float(self._param("rate_hz"))  # kept here: the set callback runs before the set
 
@@ -137,7 +138,8 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
     # ---- inputs ---------------------------------------------------------------------------------------------
     def _on_frame(self, frame: CameraFrame) -> None:
         with self._cond:
-            if self._frame is not None and frame.stamp_ns == self._frame.stamp_ns:
+            waiting = self._frame if self._frame_fresh else None
+            if frame.stamp_ns in (self._described_stamp, waiting.stamp_ns if waiting else None):
                 # the same frame again (e.g. a lockstep replay re-sends a frame it heard nothing about): its facts
                 # are on their way or out; one description per frame and task, as the VLA acts once per frame
                 self.health.count("frames_repeated")
@@ -168,6 +170,7 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
                     wait = max(0.0, last_start + self._min_period_s - time.monotonic())
                 if wait == 0.0:
                     self._frame_fresh = self._task_fresh = False
+                    self._described_stamp = self._frame.stamp_ns
                     return self._frame, self._task
                 self._cond.wait(wait if wait is not None else 0.5)
         return None
@@ -181,6 +184,9 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
             try:
                 description = describer.describe([(frame.rgb, task)])[0]
             except Exception as exc:  # noqa: BLE001 - a failing frame must not kill the node
+                with self._cond:
+                    if self._described_stamp == frame.stamp_ns:
+                        self._described_stamp = None  # not described: the frame sent again is tried again
                 self._inference_failed(model_id, exc)
                 continue
             latency = time.monotonic() - frame.received

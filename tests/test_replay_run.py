@@ -65,3 +65,31 @@ def test_resume_refuses_other_settings_and_damaged_journals_and_changes_nothing(
 def test_resume_of_an_empty_folder_starts_the_run(tmp_path):
     run = RunFolder.resume(tmp_path / "new", dict(SETTINGS))
     assert run.bags_done == [] and json.loads((tmp_path / "new" / "run.json").read_text()) == SETTINGS
+
+
+def test_resume_leaves_out_a_line_cut_short_by_the_crash_and_refuses_a_journal_ahead_of_its_frames(tmp_path):
+    _interrupted(tmp_path)
+    with (tmp_path / "bags.jsonl").open("a") as handle:
+        handle.write('{"bag": "train_000001", "fra')  # died writing the second bag's journal line
+    (tmp_path / "records" / ".DS_Store").write_bytes(b"")  # not a record: left alone
+    run = RunFolder.resume(tmp_path, dict(SETTINGS))
+    assert run.bags_done == ["train_000000"] and len(run.frames) == 2
+    assert (tmp_path / "bags.jsonl").read_text().endswith("}\n")  # the cut line is gone before anything is appended
+    run.bag_done("train_000001", [_frame("train_000001", 0)], 9_000, 1.0)
+    assert RunFolder.resume(tmp_path, dict(SETTINGS)).bags_done == ["train_000000", "train_000001"]
+    assert (tmp_path / "records" / ".DS_Store").is_file()
+    (tmp_path / "frames.jsonl").write_text(json.dumps(_frame("train_000000", 0)) + "\n")  # frames lost, journal kept
+    with pytest.raises(ValueError, match="does not hold the frames journalled for train_000000, train_000001"):
+        RunFolder.resume(tmp_path, dict(SETTINGS))
+
+
+def test_a_run_that_failed_before_its_first_bag_does_not_block_the_same_command(tmp_path):
+    RunFolder.start(tmp_path, SETTINGS)  # e.g. no node was running: nothing recorded, run.json written
+    run = RunFolder.start(tmp_path, dict(SETTINGS, mode="realtime"))
+    assert run.bags_done == [] and json.loads((tmp_path / "run.json").read_text())["mode"] == "realtime"
+
+
+def test_a_replay_folder_without_run_json_cannot_be_resumed(tmp_path):
+    (tmp_path / "frames.jsonl").write_text(json.dumps(_frame("train_000000", 0)) + "\n")
+    with pytest.raises(ValueError, match="without run.json"):
+        RunFolder.resume(tmp_path, dict(SETTINGS))

@@ -324,7 +324,9 @@ def test_latency_percentiles_and_achieved_rate_in_diagnostics(vla: Harness):
     assert float(diag["latency_p95_s"]) == pytest.approx(np.percentile(window, 95), abs=1e-4)
     recent = [t for t in received if diag_at - 10.0 <= t <= diag_at]
     expected_hz = (len(recent) - 1) / (recent[-1] - recent[0])
-    assert 5.0 < float(diag["rate_hz"]) <= control_rate_hz * 1.05
+    # the node's figure is the rate the test saw over the same window (earlier tests' actions included), never
+    # above what the control timer allows; how fast this machine is decides nothing here
+    assert float(diag["rate_hz"]) <= control_rate_hz * 1.05
     assert float(diag["rate_hz"]) == pytest.approx(expected_hz, rel=0.15)
 
 
@@ -380,7 +382,10 @@ def test_a_start_up_value_no_checkpoint_can_mend_ends_the_node_with_one_line(vla
     log = tmp_path / "bogus_mode.log"
     proc = start_node("vla_node.node", "vla.yaml", {"checkpoint": vla.checkpoint, "prompt_mode": "bogus",
                                                     "device": "cpu"}, log, ros_args=("-r", "__ns:=/bogus"))
-    code = proc.wait(timeout=60)
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        stop_nodes({"bogus": (proc, log)})  # nothing to do when it ended as it should
     text = log.read_text()
     assert code == 2, text
     assert "not started, bad parameter: prompt_mode 'bogus' is not one of none, supplement, placeholder" in text

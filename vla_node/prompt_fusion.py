@@ -80,9 +80,12 @@ class FusedPrompt:
 def check_template(template: str) -> None:
     """A supplement template has exactly one ``{task}`` and one ``{supplement}`` field and nothing else to format."""
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        parsed = [(f, spec) for _, f, spec, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as error:
         raise ValueError(f"supplement_template {template!r} is not a valid format string: {error}") from None
+    fields = [f for f, _ in parsed]
+    if any("{" in (spec or "") for _, spec in parsed):
+        raise ValueError(f"supplement_template must not nest fields in a format spec, got {template!r}")
     if sorted(fields) != ["supplement", "task"]:
         raise ValueError(f"supplement_template must contain {{task}} and {{supplement}} once each (and no other "
                          f"fields), got fields {fields} in {template!r}")

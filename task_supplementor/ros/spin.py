@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 
 import rclpy
-from rclpy.exceptions import ParameterException
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
 from task_supplementor.ros.model_node import ModelNode
@@ -40,7 +40,8 @@ def spin_node(make_node: Callable[[], ModelNode], args: list[str] | None = None,
     rclpy.init(args=args)
     try:
         node = make_node()
-    except (StartupParameterError, ParameterException) as error:  # rclpy's: out of range, wrong type (5 for 5.0)
+    except (StartupParameterError, InvalidParameterValueException, InvalidParameterTypeException) as error:
+        # rclpy's: a value out of its declared range, a wrong type (5 for 5.0); anything else is a bug: traceback
         rclpy.logging.get_logger("task_supplementor").fatal(f"not started, bad parameter: {error}")
         rclpy.try_shutdown()
         return 2

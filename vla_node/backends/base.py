@@ -67,7 +67,8 @@ def preflight(spec: PolicySpec) -> None:
     (a key belongs to a checkpoint, and may change without a load)."""
     check_load_choices(spec.backend, BACKENDS, spec.device, spec.dtype, two_devices=True)
     norm_stats_of(spec.checkpoint)
-    check_weights(Path(spec.checkpoint))
+    if spec.backend == "native" or not any(Path(spec.checkpoint).glob("*.bin")):
+        check_weights(Path(spec.checkpoint))  # the official code also loads PyTorch .bin checkpoints: left to it
 
 
 def resolve_device_dtype(spec: PolicySpec):
