@@ -283,6 +283,8 @@ def test_bad_values_rejected_with_reasons(vla: Harness, tmp_path):
                                   ("backend", "openvla", "native, hf-official")):
         result = vla.set(**{name: value})[0]
         assert not result.successful and f"{name} '{value}'" in result.reason and accepted in result.reason
+    official = vla.set(backend="hf-official")[0]  # transformers 5 here: the official code cannot run; said at once
+    assert not official.successful and "transformers is" in official.reason and "'native'" in official.reason
     assert vla.act(600).policy_id == vla.checkpoint  # the serving policy is untouched
 
 

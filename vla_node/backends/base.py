@@ -65,10 +65,16 @@ def check_unnorm_key(norm_stats: dict[str, Any], unnorm_key: str, checkpoint: st
 def preflight(spec: PolicySpec) -> None:
     """Reject (ValueError with the reason) a spec that cannot load; the node checks its ``unnorm_key`` separately
     (a key belongs to a checkpoint, and may change without a load)."""
-    check_load_choices(spec.backend, BACKENDS, spec.device, spec.dtype, two_devices=True)
+    check_load_choices(spec.backend, BACKENDS, spec.device, spec.dtype, two_devices=spec.backend == "native")
     norm_stats_of(spec.checkpoint)
     if spec.backend == "native" or not any(Path(spec.checkpoint).glob("*.bin")):
         check_weights(Path(spec.checkpoint))  # the official code also loads PyTorch .bin checkpoints: left to it
+    if spec.backend == "hf-official":
+        from vla_node.backends.hf_official import unavailable_reason  # cheap: package metadata and file names
+
+        reason = unavailable_reason(spec.checkpoint)
+        if reason:
+            raise BackendUnavailable(reason)
 
 
 def resolve_device_dtype(spec: PolicySpec):

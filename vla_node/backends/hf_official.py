@@ -19,10 +19,15 @@ from vla_node.backends.base import BackendUnavailable, PolicySpec, resolve_devic
 TRANSFORMERS_VERSION = "4.40.1"
 TOKENIZERS_VERSION = "0.19.1"
 TIMM_VERSIONS = ("0.9.10", "0.9.11", "0.9.12", "0.9.16")
-REMOTE_CODE_FILES = ("configuration_prismatic.py", "modeling_prismatic.py", "processing_prismatic.py")
-INSTALL_HINT = (f"run this backend in its own environment: pip install transformers=={TRANSFORMERS_VERSION} "
-                f"tokenizers=={TOKENIZERS_VERSION} timm==0.9.10 torch torchvision; or use backend 'native' "
-                "(same checkpoint, current packages, batched)")
+# the remote code, and preprocessor_config.json, which maps AutoProcessor onto processing_prismatic's classes
+REMOTE_CODE_FILES = ("configuration_prismatic.py", "modeling_prismatic.py", "processing_prismatic.py",
+                     "preprocessor_config.json")
+# what the official stack was released and tested with (openvla README: PyTorch 2.2; torch 2.2 wheels predate numpy 2);
+# accelerate: transformers 4.40 needs it for low_cpu_mem_usage; torchvision: processing_prismatic imports it
+INSTALL_HINT = (f"run this backend in its own environment (docs/deploy.md, section 2): pip install "
+                f"transformers=={TRANSFORMERS_VERSION} tokenizers=={TOKENIZERS_VERSION} timm==0.9.10 accelerate "
+                "torch==2.2.0 torchvision==0.17.0 'numpy<2'; or use backend 'native' (same checkpoint, current "
+                "packages, batched)")
 
 
 def _version(package: str) -> str | None:
@@ -42,6 +47,9 @@ def environment_problems(checkpoint: str | Path) -> list[str]:
     timm = _version("timm")
     if timm not in TIMM_VERSIONS:
         problems.append(f"timm is {timm or 'not installed'}, the official code needs one of {', '.join(TIMM_VERSIONS)}")
+    absent = [name for name in ("accelerate", "torchvision") if _version(name) is None]
+    if absent:
+        problems.append(f"{' and '.join(absent)} not installed (the official code needs them)")
     missing = [name for name in REMOTE_CODE_FILES if not (Path(checkpoint) / name).is_file()]
     if missing:
         problems.append(f"{checkpoint} lacks the official remote code files {', '.join(missing)} "
@@ -69,15 +77,21 @@ class HFOfficialPolicy:
         return np.stack(actions).astype(np.float64)
 
 
+def unavailable_reason(checkpoint: str | Path) -> str:
+    """Why the official code cannot run here on ``checkpoint``, with what to install ("" when it can)."""
+    problems = environment_problems(checkpoint)
+    if not problems:
+        return ""
+    return "backend 'hf-official' cannot run here: " + "; ".join(problems) + ". " + INSTALL_HINT
+
+
 def load(spec: PolicySpec) -> HFOfficialPolicy:
-    problems = environment_problems(spec.checkpoint)
-    if problems:
-        raise BackendUnavailable("backend 'hf-official' cannot run here: " + "; ".join(problems) + ". " + INSTALL_HINT)
+    reason = unavailable_reason(spec.checkpoint)
+    if reason:
+        raise BackendUnavailable(reason)
     from transformers import AutoModelForVision2Seq, AutoProcessor
 
     device, dtype = resolve_device_dtype(spec)
-    if "," in device:
-        raise BackendUnavailable("backend 'hf-official' runs on one device; use backend 'native' for two GPUs")
     processor = AutoProcessor.from_pretrained(spec.checkpoint, trust_remote_code=True)
     model = AutoModelForVision2Seq.from_pretrained(spec.checkpoint, torch_dtype=dtype, low_cpu_mem_usage=True,
                                                    trust_remote_code=True).to(device).eval()
