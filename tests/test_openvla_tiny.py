@@ -142,6 +142,25 @@ def test_wrong_unnorm_key_names_the_available_keys(runtime):
         runtime.predict_from_ids(_images(1), [[1, 29901]], None)
 
 
+def test_a_fine_tuned_checkpoints_dataset_statistics_give_its_unnorm_key(checkpoint, tmp_path):
+    """OpenVLA's finetune.py writes the new dataset's statistics to dataset_statistics.json only (config.json keeps
+    the pretraining ones): its key must be accepted and used, the config's kept."""
+    import shutil
+
+    from vla_node.backends.base import norm_stats_of
+
+    finetuned = tmp_path / "finetuned"
+    shutil.copytree(checkpoint, finetuned)
+    constant = [0.01, -0.02, 0.03, -0.04, 0.05, -0.06, 0.0]
+    mine = json.loads((finetuned / "config.json").read_text())["norm_stats"]["bridge_orig"]
+    mine["action"]["q01"] = mine["action"]["q99"] = constant  # every action equals it on the masked dims
+    (finetuned / "dataset_statistics.json").write_text(json.dumps({"my_robot": mine}))
+    assert {"my_robot", "bridge_orig"} <= set(norm_stats_of(finetuned))
+    tuned = OpenVLARuntime.from_pretrained(finetuned, dtype=torch.float32, device_map="cpu")
+    actions = tuned.predict(_images(2), [official_prompt("pick up the cup")] * 2, "my_robot").actions
+    np.testing.assert_allclose(actions[:, :6], np.array([constant[:6]] * 2), atol=1e-6)
+
+
 def test_hf_official_backend_refuses_an_environment_it_cannot_run_in(checkpoint):
     """transformers >= 4.50 makes the official code ignore the image; the backend must say so, not run."""
     from vla_node.backends import BackendUnavailable, PolicySpec, load_policy

@@ -149,9 +149,10 @@ class OpenVLAConfig:
         if not config_path.is_file():
             raise FileNotFoundError(f"{checkpoint_dir} is not an OpenVLA checkpoint directory: no config.json")
         pre_path = checkpoint_dir / "preprocessor_config.json"
-        raw, pre = _read_json(config_path), (_read_json(pre_path) if pre_path.is_file() else None)
+        raw, pre = read_json(config_path), (read_json(pre_path) if pre_path.is_file() else None)
         if not isinstance(raw.get("text_config"), dict) or not raw["text_config"]:
             raise ValueError(f"{config_path} has no text_config (the Llama settings an OpenVLA config carries)")
+        raw = dict(raw, norm_stats=read_norm_stats(checkpoint_dir, raw))
         try:
             return cls.from_dict(raw, pre)
         except (KeyError, TypeError, IndexError) as exc:  # a field the official layout always has
@@ -159,7 +160,25 @@ class OpenVLAConfig:
             raise ValueError(f"{config_path} or {pre_path.name} is not an OpenVLA config ({detail})") from None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+DATASET_STATISTICS = "dataset_statistics.json"
+
+
+def read_norm_stats(checkpoint_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The un-normalisation statistics of a checkpoint: ``config``'s (config.json) ``norm_stats``, with those of its
+    ``dataset_statistics.json`` over them.
+
+    WHY both: a checkpoint fine-tuned with OpenVLA's ``finetune.py`` keeps the pretraining statistics in config.json
+    and writes its own dataset's to dataset_statistics.json, and OpenVLA's evaluation code un-normalises with that
+    file when it is there; the released openvla-7b ships the same statistics in both.
+    """
+    stats = dict(config.get("norm_stats") or {})
+    extra_path = checkpoint_dir / DATASET_STATISTICS
+    if extra_path.is_file():
+        stats.update(read_json(extra_path))
+    return stats
+
+
+def read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -7,7 +7,6 @@ keys), before a multi-minute 7B load starts; anything subtler (a tensor of the w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,17 +41,17 @@ class Policy(Protocol):
 
 
 def norm_stats_of(checkpoint: str | Path) -> dict[str, Any]:
-    """``norm_stats`` from the checkpoint's config.json (ValueError when the directory is not a checkpoint)."""
+    """The checkpoint's un-normalisation statistics (:func:`vla_node.config.read_norm_stats`); ValueError when the
+    directory is not a checkpoint or has none."""
+    from vla_node.config import read_norm_stats, read_json
+
     config = Path(checkpoint) / "config.json"
     if not str(checkpoint) or not config.is_file():
         raise ValueError(f"checkpoint {str(checkpoint)!r} is not an OpenVLA checkpoint directory (no config.json)")
-    try:
-        parsed = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{config} cannot be read as JSON: {error}") from None
-    stats = parsed.get("norm_stats") if isinstance(parsed, dict) else None
-    if not stats or not isinstance(stats, dict):
-        raise ValueError(f"{config} has no norm_stats: actions cannot be un-normalised")
+    stats = read_norm_stats(Path(checkpoint), read_json(config))
+    if not stats:
+        raise ValueError(f"{config} has no norm_stats (nor is there a dataset_statistics.json): actions cannot be "
+                         "un-normalised")
     return stats
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_node.backends.base import BackendUnavailable, PolicySpec, resolve_device_dtype
+from vla_node.backends.base import BackendUnavailable, PolicySpec, norm_stats_of, resolve_device_dtype
 
 TRANSFORMERS_VERSION = "4.40.1"
 TOKENIZERS_VERSION = "0.19.1"
@@ -95,4 +95,5 @@ def load(spec: PolicySpec) -> HFOfficialPolicy:
     processor = AutoProcessor.from_pretrained(spec.checkpoint, trust_remote_code=True)
     model = AutoModelForVision2Seq.from_pretrained(spec.checkpoint, torch_dtype=dtype, low_cpu_mem_usage=True,
                                                    trust_remote_code=True).to(device).eval()
+    model.norm_stats = norm_stats_of(spec.checkpoint)  # with dataset_statistics.json, as OpenVLA's evaluation does
     return HFOfficialPolicy(model, processor, device, dtype)
