@@ -479,12 +479,12 @@ def replay(config: ReplayConfig) -> ReplayResult:
     bar_shown = config.progress and sys.stderr.isatty()
     bar = tqdm(total=len(plans), initial=len(plans) - len(todo), unit="bag", desc=f"replay {config.mode}",
                disable=not bar_shown, file=sys.stderr)
-    first_frame_pending = True  # until this invocation publishes a frame, its action may wait for models to load
+    first_frame_pending = True  # until this invocation hears an action, the next one may wait for models to load
     try:
         for position, plan in enumerate(todo):
             started = time.monotonic()
             bag_frames, next_free_ns = _replay_bag(player, recorder, plan, config, first_frame_pending, next_free_ns)
-            first_frame_pending = first_frame_pending and not bag_frames
+            first_frame_pending = first_frame_pending and all(f["timed_out"] for f in bag_frames)
             elapsed = time.monotonic() - started
             frames += bag_frames
             seconds += elapsed

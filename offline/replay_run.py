@@ -72,16 +72,19 @@ class RunFolder:
         done = [str(entry["bag"]) for entry in journal]
         if done != settings["bags"][:len(done)]:
             raise ValueError(f"--resume: {out / 'bags.jsonl'} does not list the first bags of the run in order")
-        frames = [f for f in _journal_lines(out / "frames.jsonl", ("bag",)) if f["bag"] in done]
-        short = [e["bag"] for e in journal if sum(f["bag"] == e["bag"] for f in frames) != e["frames"]]
-        if short:
+        # the journalled bags' frames come first, in journal order; what follows is the unfinished bag's
+        expected = [entry["bag"] for entry in journal for _ in range(int(entry["frames"]))]
+        frames = _journal_lines(out / "frames.jsonl", ("bag",), limit=len(expected))
+        if [frame["bag"] for frame in frames] != expected:
+            short = sorted({bag for bag in expected if [f["bag"] for f in frames].count(bag) != expected.count(bag)})
             raise ValueError(f"--resume: {out / 'frames.jsonl'} does not hold the frames journalled for "
-                             f"{', '.join(short)}: the folder was damaged; give a new folder")
+                             f"{', '.join(short) or 'the bags'} in order: the folder was damaged; give a new folder")
         folder = cls(out, bags_done=done, frames=frames, next_free_ns=journal[-1]["next_free_ns"] if journal else None,
                      seconds=float(sum(entry["seconds"] for entry in journal)))
         # now the folder is brought to exactly the journalled bags (each step atomic or repeatable)
-        _write_atomically(out / "bags.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in journal))
-        _write_atomically(out / "frames.jsonl", "".join(json.dumps(f, sort_keys=True) + "\n" for f in frames))
+        for name, entries in (("bags.jsonl", journal), ("frames.jsonl", frames)):
+            if entries or (out / name).is_file():
+                _write_atomically(out / name, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
         (out / "records").mkdir(exist_ok=True)
         for record in (out / "records").iterdir():
             if record.is_dir() and record.name not in done:
@@ -90,8 +93,8 @@ class RunFolder:
         return folder
 
     def bag_done(self, name: str, frames: list[dict[str, Any]], next_free_ns: int | None, seconds: float) -> None:
-        """Journal a finished bag: its frames first, on disk (fsync), then the line that makes them count; so no
-        crash, not even a power loss, leaves a journalled bag without its frames."""
+        """Journal a finished bag: its frames first, flushed to disk (fsync), then the line that makes them count, so
+        a journalled bag always has its frames before it in ``frames.jsonl``."""
         _append_synced(self.out / "frames.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in frames))
         _append_synced(self.out / "bags.jsonl", json.dumps({"bag": name, "frames": len(frames),
                                                             "next_free_ns": next_free_ns, "seconds": seconds},
@@ -105,16 +108,19 @@ class RunFolder:
 
 
 def _holds(path: Path) -> bool:
-    """A run file that is there, or a run folder with something in it."""
-    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+    """A run file with something in it, or a run folder with something in it."""
+    return (path.is_file() and path.stat().st_size > 0) or (path.is_dir() and any(path.iterdir()))
 
 
-def _journal_lines(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The JSON lines of ``path``. What follows the last newline (a line the process died writing, or the zero bytes
-    a crash can leave) is left out: it belongs to a bag that is played again. Any other bad line is damage."""
+def _journal_lines(path: Path, required: tuple[str, ...], limit: int | None = None) -> list[dict[str, Any]]:
+    """The JSON lines of ``path`` (the first ``limit`` of them). What follows the last newline (a line the process
+    died writing, or the zero bytes a crash can leave) is left out: it belongs to a bag that is played again, as do
+    lines past ``limit``. Any other bad line is damage."""
     text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
-    entries = []
+    entries: list[dict[str, Any]] = []
     for number, line in enumerate(text.rpartition("\n")[0].split("\n"), 1):
+        if limit is not None and len(entries) >= limit:
+            break
         if not line.strip():
             continue
         try:

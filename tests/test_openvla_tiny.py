@@ -144,7 +144,8 @@ def test_wrong_unnorm_key_names_the_available_keys(runtime):
 
 def test_a_fine_tuned_checkpoints_dataset_statistics_give_its_unnorm_key(checkpoint, tmp_path):
     """OpenVLA's finetune.py writes the new dataset's statistics to dataset_statistics.json only (config.json keeps
-    the pretraining ones): its key must be accepted and used, the config's kept."""
+    the pretraining ones): its key is the one offered and used, as OpenVLA's evaluation code does; the pretraining
+    keys are not (acting with them would be wrong for the fine-tuned policy)."""
     import shutil
 
     from vla_node.backends.base import norm_stats_of
@@ -155,10 +156,22 @@ def test_a_fine_tuned_checkpoints_dataset_statistics_give_its_unnorm_key(checkpo
     mine = json.loads((finetuned / "config.json").read_text())["norm_stats"]["bridge_orig"]
     mine["action"]["q01"] = mine["action"]["q99"] = constant  # every action equals it on the masked dims
     (finetuned / "dataset_statistics.json").write_text(json.dumps({"my_robot": mine}))
-    assert {"my_robot", "bridge_orig"} <= set(norm_stats_of(finetuned))
+    assert set(norm_stats_of(finetuned)) == {"my_robot"}
     tuned = OpenVLARuntime.from_pretrained(finetuned, dtype=torch.float32, device_map="cpu")
     actions = tuned.predict(_images(2), [official_prompt("pick up the cup")] * 2, "my_robot").actions
     np.testing.assert_allclose(actions[:, :6], np.array([constant[:6]] * 2), atol=1e-6)
+
+
+def test_choices_and_statistics_that_cannot_work_are_refused_before_any_load(checkpoint):
+    from vla_node.backends.base import PolicySpec, check_choices, check_unnorm_key
+
+    with pytest.raises(ValueError, match="runs on one device; use backend 'native'"):
+        check_choices(PolicySpec("", backend="hf-official", device="cuda:0,cuda:1"))
+    with pytest.raises(ValueError, match="transformers is"):  # no checkpoint needed to know the packages are wrong
+        check_choices(PolicySpec("", backend="hf-official"))
+    check_choices(PolicySpec("", backend="native", device="cuda:0,cuda:1"))
+    with pytest.raises(ValueError, match="no action q01/q99"):
+        check_unnorm_key({"mine": {"action": {"q01": [0.0] * 7}}}, "mine", str(checkpoint))
 
 
 def test_hf_official_backend_refuses_an_environment_it_cannot_run_in(checkpoint):

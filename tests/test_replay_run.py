@@ -72,6 +72,8 @@ def test_resume_leaves_out_a_line_cut_short_by_the_crash_and_refuses_a_journal_a
     with (tmp_path / "bags.jsonl").open("a") as handle:
         handle.write('{"bag": "train_000001", "fra')  # died writing the second bag's journal line
     (tmp_path / "records" / ".DS_Store").write_bytes(b"")  # not a record: left alone
+    with (tmp_path / "frames.jsonl").open("a") as handle:
+        handle.write('\x00\x00garbled}\n{"bag": "train_000001", "frame": 1}\n')  # after the journalled frames
     run = RunFolder.resume(tmp_path, dict(SETTINGS))
     assert run.bags_done == ["train_000000"] and len(run.frames) == 2
     assert (tmp_path / "bags.jsonl").read_text().endswith("}\n")  # the cut line is gone before anything is appended
@@ -85,6 +87,7 @@ def test_resume_leaves_out_a_line_cut_short_by_the_crash_and_refuses_a_journal_a
 
 def test_a_run_that_failed_before_its_first_bag_does_not_block_the_same_command(tmp_path):
     RunFolder.start(tmp_path, SETTINGS)  # e.g. no node was running: nothing recorded, run.json written
+    RunFolder.resume(tmp_path, dict(SETTINGS))  # a resume that fails the same way adds nothing either
     run = RunFolder.start(tmp_path, dict(SETTINGS, mode="realtime"))
     assert run.bags_done == [] and json.loads((tmp_path / "run.json").read_text())["mode"] == "realtime"
 

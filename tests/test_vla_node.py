@@ -341,6 +341,7 @@ def _checkpoint_copy(source: str, out, extra_key: str, constant_action: list[flo
     stats["action"]["q01"] = stats["action"]["q99"] = constant_action
     config["norm_stats"][extra_key] = stats
     (out / "config.json").write_text(json.dumps(config))
+    (out / "dataset_statistics.json").write_text(json.dumps(config["norm_stats"]))  # what is read when present
 
 
 def test_failed_swap_keeps_policy_and_key_then_a_retry_loads_with_the_new_key(vla: Harness, tmp_path):
@@ -375,6 +376,11 @@ def test_failed_swap_keeps_policy_and_key_then_a_retry_loads_with_the_new_key(vl
     assert served, f"the fixed checkpoint was never loaded: {vla.diagnostics}"
     np.testing.assert_allclose(np.array(served.raw[:6]), constant[:6], atol=1e-6)
     assert vla.counter("inference_errors") == errors_before
+    # statistics added to the serving checkpoint's files after it loaded never reach its policy: refused
+    stats = json.loads((other / "dataset_statistics.json").read_text())
+    (other / "dataset_statistics.json").write_text(json.dumps(dict(stats, added_later=stats["only_in_c"])))
+    late = vla.set(unnorm_key="added_later")[0]
+    assert not late.successful and "'added_later' is not in" in late.reason, late.reason
     # back, for tests that follow: the key first (it goes with the serving "other"), then the checkpoint
     assert all(r.successful for r in vla.set(unnorm_key="bridge_orig", checkpoint=vla.checkpoint))
     assert vla.wait_for(lambda: (a := vla.act(next(stamps))) is not None and a.policy_id == vla.checkpoint, 60)

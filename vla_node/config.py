@@ -164,18 +164,16 @@ DATASET_STATISTICS = "dataset_statistics.json"
 
 
 def read_norm_stats(checkpoint_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The un-normalisation statistics of a checkpoint: ``config``'s (config.json) ``norm_stats``, with those of its
-    ``dataset_statistics.json`` over them.
+    """The un-normalisation statistics of a checkpoint: those of its ``dataset_statistics.json`` when it has one,
+    else ``config``'s (config.json) ``norm_stats``, as OpenVLA's evaluation code (``get_vla``) does.
 
-    WHY both: a checkpoint fine-tuned with OpenVLA's ``finetune.py`` keeps the pretraining statistics in config.json
-    and writes its own dataset's to dataset_statistics.json, and OpenVLA's evaluation code un-normalises with that
-    file when it is there; the released openvla-7b ships the same statistics in both.
+    WHY: a checkpoint fine-tuned with OpenVLA's ``finetune.py`` keeps the pretraining statistics in config.json and
+    writes its own dataset's to dataset_statistics.json; acting on a pretraining key (e.g. the default
+    ``bridge_orig``) with it would be wrong, so only the file's keys are offered. The released openvla-7b ships the
+    same statistics in both.
     """
-    stats = dict(config.get("norm_stats") or {})
     extra_path = checkpoint_dir / DATASET_STATISTICS
-    if extra_path.is_file():
-        stats.update(read_json(extra_path))
-    return stats
+    return read_json(extra_path) if extra_path.is_file() else dict(config.get("norm_stats") or {})
 
 
 def read_json(path: Path) -> dict[str, Any]:

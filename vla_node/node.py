@@ -38,7 +38,7 @@ from task_supplementor.ros.params import ParamSpec, StartupParameterError
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS
 from task_supplementor.ros.spin import spin_node
 from vla_node.backends import BACKENDS, Policy, PolicySpec, load_policy
-from vla_node.backends.base import check_unnorm_key, norm_stats_of, preflight
+from vla_node.backends.base import check_choices, check_unnorm_key, norm_stats_of, preflight
 from vla_node.prompt_fusion import (
     DEFAULT_SUPPLEMENT_TEMPLATE, PLACEHOLDER_KINDS, PROMPT_MODES, FusionConfig, PlaceholderError, PromptFuser,
 )
@@ -82,6 +82,15 @@ PARAMETERS: dict[str, ParamSpec] = {
     "fuse_invalid_facts": ParamSpec(False, "also fuse the supplement of facts the contract marked invalid (ablations, "
                                            "untrained models); false: invalid facts count as missing"),
 }
+
+
+def _problem(check, spec: PolicySpec) -> str | None:
+    """The ValueError message of ``check(spec)``, or None when it passes."""
+    try:
+        check(spec)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def stamp_ns(stamp: TimeMsg) -> int:
@@ -163,10 +172,16 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
             self._fusion_config(changes)
             self._check_stale_facts_policy(changes)
             if owner:
-                check_unnorm_key(norm_stats_of(owner), self._value("unnorm_key", changes), owner)
+                check_unnorm_key(self._norm_stats(owner), self._value("unnorm_key", changes), owner)
         except ValueError as error:
             return str(error)
         return None
+
+    def _norm_stats(self, checkpoint: str) -> dict[str, Any]:
+        """The statistics actions of ``checkpoint`` are un-normalised with: the serving policy's own (read when it
+        loaded: files changed since do not reach it), else the checkpoint's files."""
+        policy, policy_id = self._slot.current
+        return policy.norm_stats if policy is not None and policy_id == checkpoint else norm_stats_of(checkpoint)
 
     def _check_stale_facts_policy(self, changes: dict[str, Any]) -> None:
         policy = self._value("stale_facts_policy", changes)
@@ -185,6 +200,8 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
             self._startup_problem)
         if reason is None and policy_changed:
             reason = self._slot.check(spec)
+        elif reason is None and not spec.checkpoint and any(PARAMETERS[n].group == "policy" for n in changes):
+            reason = _problem(check_choices, spec)  # nothing to load yet: the choices are checked now
         if reason:
             self.get_logger().error(f"rejected parameter change {changes}: {reason}")
             return SetParametersResult(successful=False, reason=reason)

@@ -20,7 +20,7 @@ from task_supplementor.devices import ModelChoice, check_load_choices, resolve_a
 BACKENDS = ("native", "hf-official")
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(ValueError):
     """The chosen backend cannot run in this environment (says what is missing and what to do)."""
 
 
@@ -56,24 +56,37 @@ def norm_stats_of(checkpoint: str | Path) -> dict[str, Any]:
 
 
 def check_unnorm_key(norm_stats: dict[str, Any], unnorm_key: str, checkpoint: str) -> None:
+    """ValueError unless ``norm_stats`` has ``unnorm_key`` with the action quantiles un-normalisation reads."""
     if unnorm_key not in norm_stats:
         raise ValueError(f"unnorm_key {unnorm_key!r} is not in {checkpoint}'s norm_stats; available unnorm keys: "
                          f"{', '.join(sorted(norm_stats))}")
+    action = norm_stats[unnorm_key].get("action") if isinstance(norm_stats[unnorm_key], dict) else None
+    if not isinstance(action, dict) or not all(isinstance(action.get(q), list) for q in ("q01", "q99")):
+        raise ValueError(f"{checkpoint}'s norm_stats[{unnorm_key!r}] has no action q01/q99 lists: actions cannot "
+                         "be un-normalised with it")
+
+
+def check_choices(spec: PolicySpec) -> None:
+    """ValueError for a backend, device or dtype that cannot load any checkpoint here (checked when they are set,
+    before a checkpoint is)."""
+    if spec.backend == "hf-official" and "," in spec.device:
+        raise ValueError("backend 'hf-official' runs on one device; use backend 'native' for two GPUs")
+    check_load_choices(spec.backend, BACKENDS, spec.device, spec.dtype, two_devices=True)
+    if spec.backend == "hf-official":
+        from vla_node.backends.hf_official import unavailable_reason  # cheap: package metadata and file names
+
+        reason = unavailable_reason(spec.checkpoint or None)
+        if reason:
+            raise BackendUnavailable(reason)
 
 
 def preflight(spec: PolicySpec) -> None:
     """Reject (ValueError with the reason) a spec that cannot load; the node checks its ``unnorm_key`` separately
     (a key belongs to a checkpoint, and may change without a load)."""
-    check_load_choices(spec.backend, BACKENDS, spec.device, spec.dtype, two_devices=spec.backend == "native")
+    check_choices(spec)
     norm_stats_of(spec.checkpoint)
-    if spec.backend == "native" or not any(Path(spec.checkpoint).glob("*.bin")):
+    if spec.backend == "native" or not any(Path(spec.checkpoint).glob("pytorch_model*.bin")):
         check_weights(Path(spec.checkpoint))  # the official code also loads PyTorch .bin checkpoints: left to it
-    if spec.backend == "hf-official":
-        from vla_node.backends.hf_official import unavailable_reason  # cheap: package metadata and file names
-
-        reason = unavailable_reason(spec.checkpoint)
-        if reason:
-            raise BackendUnavailable(reason)
 
 
 def resolve_device_dtype(spec: PolicySpec):

@@ -37,8 +37,9 @@ def _version(package: str) -> str | None:
         return None
 
 
-def environment_problems(checkpoint: str | Path) -> list[str]:
-    """Everything that keeps the official code from running correctly here (empty list: it can run)."""
+def environment_problems(checkpoint: str | Path | None) -> list[str]:
+    """Everything that keeps the official code from running correctly here on ``checkpoint`` (None: the packages
+    only); an empty list: it can run."""
     problems = []
     transformers = _version("transformers")
     if transformers != TRANSFORMERS_VERSION:
@@ -50,7 +51,7 @@ def environment_problems(checkpoint: str | Path) -> list[str]:
     absent = [name for name in ("accelerate", "torchvision") if _version(name) is None]
     if absent:
         problems.append(f"{' and '.join(absent)} not installed (the official code needs them)")
-    missing = [name for name in REMOTE_CODE_FILES if not (Path(checkpoint) / name).is_file()]
+    missing = [name for name in REMOTE_CODE_FILES if checkpoint and not (Path(checkpoint) / name).is_file()]
     if missing:
         problems.append(f"{checkpoint} lacks the official remote code files {', '.join(missing)} "
                         "(they ship with openvla/openvla-7b)")
@@ -77,8 +78,8 @@ class HFOfficialPolicy:
         return np.stack(actions).astype(np.float64)
 
 
-def unavailable_reason(checkpoint: str | Path) -> str:
-    """Why the official code cannot run here on ``checkpoint``, with what to install ("" when it can)."""
+def unavailable_reason(checkpoint: str | Path | None) -> str:
+    """Why the official code cannot run here on ``checkpoint`` (None: any), with what to install ("" when it can)."""
     problems = environment_problems(checkpoint)
     if not problems:
         return ""
