@@ -460,6 +460,8 @@ def replay(config: ReplayConfig) -> ReplayResult:
         raise ValueError(f"mode must be lockstep or realtime, not {config.mode!r}")
     if config.rate <= 0:
         raise ValueError("--rate must be > 0")
+    if config.resume and config.out is None:
+        raise ValueError("--resume needs --out (the run to finish)")
     plans = [plan_bag(name, path, config) for name, path in select_bags(config)]
     run: RunFolder | None = None
     if config.out is not None:
@@ -552,9 +554,6 @@ def run(args: argparse.Namespace) -> int:
                           action_timeout_s=args.action_timeout, startup_timeout_s=args.startup_timeout,
                           discovery_timeout_s=args.discovery_timeout, resume=args.resume,
                           progress=not args.no_progress)
-    if args.resume and args.out is None:
-        print("replay: --resume needs --out (the run to finish)", file=sys.stderr)
-        return 2
     try:
         result = replay(config)
     except (OSError, ValueError) as exc:  # TimeoutError, FileExistsError, FileNotFoundError are OSErrors

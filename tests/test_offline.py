@@ -116,20 +116,23 @@ def test_corrupt_episode_is_reported_and_skipped(converted):
     assert not (converted.out_dir / "bags" / "train" / failure.name).exists()
 
 
-def test_conversion_killed_midway_resumes_to_identical_bags(synthetic_bridge, converted, tmp_path):
-    out = tmp_path / "bags"
-    command = [sys.executable, "-m", "task_supplementor.cli", "convert", "--data-dir", str(synthetic_bridge),
-               "--out", str(out), "--no-progress"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest_file = out / "manifest.jsonl"
+def _kill_once(*args: str, when) -> None:
+    """Run ``task-supplementor ARGS`` and SIGKILL it (no clean-up of its own) as soon as ``when()`` holds."""
+    process = subprocess.Popen([sys.executable, "-m", "task_supplementor.cli", *args], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if manifest_file.exists() and manifest_file.read_text().count('"kind": "episode"') >= 1:
-            break
+    while time.monotonic() < deadline and process.poll() is None and not when():
         time.sleep(0.002)
-    assert process.poll() is None, "conversion ended before it could be killed"
+    assert process.poll() is None, f"{args[0]} ended before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def test_conversion_killed_midway_resumes_to_identical_bags(synthetic_bridge, converted, tmp_path):
+    out = tmp_path / "bags"
+    manifest_file = out / "manifest.jsonl"
+    _kill_once("convert", "--data-dir", str(synthetic_bridge), "--out", str(out), "--no-progress",
+               when=lambda: manifest_file.exists() and manifest_file.read_text().count('"kind": "episode"') >= 1)
     done_before = Manifest.load(out).episodes
     assert 1 <= len(done_before) < TRAIN_EPISODES - 1
 
@@ -402,18 +405,9 @@ def test_a_replay_killed_midway_resumes_to_the_record_of_an_uninterrupted_run(co
     threading.Thread(target=executor.spin, daemon=True).start()
     try:
         reference = replay(ReplayConfig(bags=bags, mode="realtime", rate=1000.0, out=tmp_path / "reference"))
-        command = [sys.executable, "-m", "task_supplementor.cli", "replay", *map(str, bags), "--mode", "realtime",
-                   "--rate", "1000", "--out", str(run), "--no-progress"]
-        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         journal = run / "bags.jsonl"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            if journal.is_file() and journal.read_text().count("\n") >= 1:
-                break
-            time.sleep(0.002)
-        assert process.poll() is None, "the replay ended before it could be killed"
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        _kill_once("replay", *map(str, bags), "--mode", "realtime", "--rate", "1000", "--out", str(run),
+                   "--no-progress", when=lambda: journal.is_file() and journal.read_text().count("\n") >= 1)
         assert journal.read_text().count("\n") < len(bags)
         with pytest.raises(ValueError, match=r"other settings \(rate differ\)"):
             replay(ReplayConfig(bags=bags, mode="realtime", rate=2.0, out=run, resume=True))

@@ -84,15 +84,6 @@ PARAMETERS: dict[str, ParamSpec] = {
 }
 
 
-def _problem(check, spec: PolicySpec) -> str | None:
-    """The ValueError message of ``check(spec)``, or None when it passes."""
-    try:
-        check(spec)
-    except ValueError as error:
-        return str(error)
-    return None
-
-
 def stamp_ns(stamp: TimeMsg) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
@@ -137,7 +128,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         if not self._param("dry_run"):
             self.get_logger().warning("dry_run is false: actions are published for execution on hardware")
 
-        problem = self._check_changes({}, self._unnorm_key_owner({}))  # here: the unnorm key against the checkpoint
+        problem = self._check_changes({}, self._unnorm_key_owner({}))  # at start: is the unnorm key the checkpoint's?
         if problem is None and self._param("checkpoint"):
             self._unnorm_keys[self._param("checkpoint")] = self._param("unnorm_key")
         self._load_initial_model(self._policy_spec({}), "/path/to/openvla-7b", problem)
@@ -194,14 +185,18 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         owner = self._unnorm_key_owner(changes)  # once: a load ending meanwhile must not change whose key it is
         reason = self._check_changes(changes, owner)
         spec = self._policy_spec(changes)
-        policy_changed = bool(spec.checkpoint) and any(PARAMETERS[n].group == "policy" for n in changes)
+        policy_set = any(PARAMETERS[n].group == "policy" for n in changes)
+        policy_changed = bool(spec.checkpoint) and policy_set
         # the start-up checkpoint was held back (e.g. its unnorm key was wrong) and no policy came since
         held_back = bool(spec.checkpoint) and not policy_changed and self._slot.target is None and bool(
             self._startup_problem)
         if reason is None and policy_changed:
             reason = self._slot.check(spec)
-        elif reason is None and not spec.checkpoint and any(PARAMETERS[n].group == "policy" for n in changes):
-            reason = _problem(check_choices, spec)  # nothing to load yet: the choices are checked now
+        elif reason is None and policy_set:  # no checkpoint yet: the choices are checked now, used once it is set
+            try:
+                check_choices(spec)
+            except ValueError as error:
+                reason = str(error)
         if reason:
             self.get_logger().error(f"rejected parameter change {changes}: {reason}")
             return SetParametersResult(successful=False, reason=reason)
