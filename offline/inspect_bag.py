@@ -21,7 +21,8 @@ import numpy as np
 from offline.bag_io import ACTION_TYPE, FACTS_TYPE, IMAGE_TYPES, TASK_TYPE, bag_topics, read_bag, stamp_ns
 
 TILE = 256
-PANEL_HEIGHT = 120
+PANEL_HEIGHT = 120  # at least, under each tile; more when a caption needs it
+CAPTION_LINE_PX = 13  # the default font at size 11, plus the line spacing
 ARROW_PX_PER_M = 1500.0  # 2 cm of motion -> 30 px
 PREFERRED_CAMERAS = ("/camera/image_raw/compressed", "/camera/image_raw", "/bridge/image_0/compressed",
                      "/bridge/image_0/image_raw")
@@ -139,9 +140,9 @@ def _contact_sheet(frames, task_log, actions, facts, config: InspectConfig) -> P
     picks = np.unique(np.linspace(0, len(frames) - 1, min(config.frames, len(frames))).round().astype(int))
     columns = min(config.columns, len(picks))
     rows = -(-len(picks) // columns)
-    sheet = Image.new("RGB", (columns * TILE, rows * (TILE + PANEL_HEIGHT)), "white")
     font = ImageFont.load_default(size=11)
-    for n, index in enumerate(picks):
+    tiles, captions = [], []
+    for index in picks:
         log_ns, msg, msgtype = frames[index]
         stamp = stamp_ns(msg)
         tile = Image.fromarray(_decode(msg, msgtype)).resize((TILE, TILE))
@@ -156,14 +157,22 @@ def _contact_sheet(frames, task_log, actions, facts, config: InspectConfig) -> P
             tip = (centre[0] - dy * ARROW_PX_PER_M, centre[1] - dx * ARROW_PX_PER_M)
             draw.line([centre, tip], fill=colour, width=3)
             draw.ellipse([tip[0] - 4, tip[1] - 4, tip[0] + 4, tip[1] + 4], fill=colour)
-            lines.append(f"{action.prompt_mode or 'action'}: xyz=({action.delta_xyz.x:+.3f},{action.delta_xyz.y:+.3f},"
+            who = ("ground truth" if action.prompt_mode == "ground_truth"
+                   else f"action (prompt {action.prompt_mode or '?'})")
+            lines.append(f"{who}: xyz=({action.delta_xyz.x:+.3f},{action.delta_xyz.y:+.3f},"
                          f"{action.delta_xyz.z:+.3f}) grip={action.gripper:.2f}")
         for fact in facts.get(stamp, []):
-            lines.append(f"facts{'' if fact.valid else ' (invalid)'}: {fact.supplement}")
-        x, y = (n % columns) * TILE, (n // columns) * (TILE + PANEL_HEIGHT)
+            verdict = "" if fact.valid else f" (invalid: {', '.join(fact.violations) or '?'})"
+            lines.append(f"facts{verdict}: {fact.supplement}")
+        tiles.append(tile)
+        captions.append("\n".join(wrapped for line in lines for wrapped in textwrap.wrap(line, 44) or [""]))
+    # every caption whole: the panel under the tiles is as tall as the longest one
+    panel = max(PANEL_HEIGHT, 6 + max(c.count("\n") + 1 for c in captions) * CAPTION_LINE_PX)
+    sheet = Image.new("RGB", (columns * TILE, rows * (TILE + panel)), "white")
+    for n, (tile, caption) in enumerate(zip(tiles, captions)):
+        x, y = (n % columns) * TILE, (n // columns) * (TILE + panel)
         sheet.paste(tile, (x, y))
-        text = "\n".join(wrapped for line in lines for wrapped in textwrap.wrap(line, 44) or [""])
-        ImageDraw.Draw(sheet).multiline_text((x + 4, y + TILE + 3), text, fill="black", font=font, spacing=1)
+        ImageDraw.Draw(sheet).multiline_text((x + 4, y + TILE + 3), caption, fill="black", font=font, spacing=1)
     config.contact_sheet.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(config.contact_sheet)
     return config.contact_sheet

@@ -530,7 +530,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="finish the interrupted run in --out: the bags it recorded are kept, the rest played "
                              "(same bags and options as it was started with)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep")
+    parser.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep",
+                        help="lockstep: frame t, then wait for its action (a deterministic record; default); "
+                             "realtime: at the bag's timing times --rate")
     parser.add_argument("--rate", type=float, default=1.0, help="realtime speed factor")
     parser.add_argument("--camera", default="image_0", help="bag camera that feeds /camera/image_raw[/compressed]")
     parser.add_argument("--remap", action="append", type=_parse_remap, default=[], metavar="FROM:=TO",
@@ -541,9 +543,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, default=None, help="frames per bag")
     parser.add_argument("--wait-facts", action="store_true",
                         help="lockstep: also wait for the frame's facts (when the VLA does not wait for them)")
-    parser.add_argument("--action-timeout", type=float, default=ReplayConfig.action_timeout_s)
-    parser.add_argument("--startup-timeout", type=float, default=ReplayConfig.startup_timeout_s)
-    parser.add_argument("--discovery-timeout", type=float, default=ReplayConfig.discovery_timeout_s)
+    parser.add_argument("--action-timeout", type=float, default=ReplayConfig.action_timeout_s,
+                        help="lockstep: seconds to wait for a frame's action; a timeout is recorded and the replay "
+                             f"goes on (default {ReplayConfig.action_timeout_s:g})")
+    parser.add_argument("--startup-timeout", type=float, default=ReplayConfig.startup_timeout_s,
+                        help="lockstep: the same for the first action, while the models may still be loading "
+                             f"(default {ReplayConfig.startup_timeout_s:g})")
+    parser.add_argument("--discovery-timeout", type=float, default=ReplayConfig.discovery_timeout_s,
+                        help="seconds to wait for a node to subscribe to the camera topic "
+                             f"(default {ReplayConfig.discovery_timeout_s:g})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -559,6 +567,11 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:  # TimeoutError, FileExistsError, FileNotFoundError are OSErrors
         print(f"replay: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        kept = (f"; the bags finished so far are recorded in {config.out}: the same command with --resume "
+                "finishes the run (restart the nodes first)") if config.out is not None else ""
+        print(f"replay: interrupted{kept}", file=sys.stderr)
+        return 130
     s = result.summary
     rate = f"{s['frames_per_s']:.2f} frames/s" if s["frames_per_s"] is not None else "no frames"
     print(f"replayed {len(s['bags'])} bag(s), {s['frames']} frames ({s['mode']}): {s['actions']} actions, "

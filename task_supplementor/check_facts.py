@@ -66,6 +66,9 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
                 yield number, None, f"a JSON {type(record).__name__}, expected an object"
             elif not isinstance(record.get("task"), str):
                 yield number, None, "missing string field 'task'"
+            elif isinstance(record.get("facts"), dict) and "violations" in record["facts"] and "bag" in record:
+                yield number, None, ("a replay's frames.jsonl record: the node judged these facts already "
+                                     "(facts.valid, facts.violations); check-facts judges raw model outputs")
             elif not isinstance(record.get("output"), str) and not isinstance(record.get("facts"), dict):
                 yield number, None, "needs a string 'output' or an object 'facts'"
             else:

@@ -229,7 +229,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"where everything goes (default {defaults.work_dir}); finished stages are reused")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="real BridgeData v2: the TFDS data dir holding bridge_dataset/1.0.0 (or bridge_orig)")
-    parser.add_argument("--split", default=defaults.split)
+    parser.add_argument("--split", default=defaults.split,
+                        help=f"BridgeData v2 split to convert and replay (default {defaults.split})")
     parser.add_argument("--episodes", default=defaults.episodes,
                         help="episodes of --split to convert and replay: START:STOP or one index")
     parser.add_argument("--max-frames", type=int, default=None, help="frames per episode (default: all)")

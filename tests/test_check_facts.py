@@ -79,3 +79,15 @@ def test_an_empty_file_is_not_a_clean_pass(tmp_path):
     path.write_text("\n", encoding="utf-8")
     result = run_check(path)
     assert result.returncode == 1 and "holds no model outputs" in result.stderr
+
+
+def test_a_replay_record_is_named_as_such_not_judged_unparseable(tmp_path):
+    """frames.jsonl of a replay holds the node's verdict on its facts, not the model's output: refused by name."""
+    path = tmp_path / "frames.jsonl"
+    record = {"bag": "train_000000", "frame": 0, "task": TASK, "stamp_ns": 1,
+              "facts": {"valid": False, "supplement": "objects: cup (left).", "violations": ["self_relation"],
+                        "model_id": "/models/qwen"}}
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    result = run_check(path)
+    assert result.returncode != 0
+    assert f"{path}:1: malformed line: a replay's frames.jsonl record" in result.stderr

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from node_process import start_node, stop_nodes
+from polling import poll
 from offline import topics
 from offline.manifest import Manifest
 
@@ -429,6 +430,19 @@ def test_a_replay_killed_midway_resumes_to_the_record_of_an_uninterrupted_run(co
         assert len(_read_bag(run / "records" / bag.name)[camera]) == \
             len(_read_bag(tmp_path / "reference" / "records" / bag.name)[camera])
     assert json.loads((run / "summary.json").read_text())["frames"] == len(reference.frames)
+
+
+def test_ctrl_c_on_a_replay_says_how_to_finish_it_without_a_traceback(converted, tmp_path):
+    bag = converted.bag_path(_records(converted)[0])
+    process = subprocess.Popen([sys.executable, "-m", "task_supplementor.cli", "replay", str(bag), "--out",
+                                str(tmp_path / "run"), "--discovery-timeout", "120"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert poll(lambda: (tmp_path / "run" / "run.json").is_file(), 60), "the replay never started"
+    time.sleep(0.5)  # waiting for a camera subscriber that never comes
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "replay: interrupted" in err and "--resume" in err and "Traceback" not in err, err
 
 
 def _start_suite(tiny_models: Path, logs: Path, **vla_parameters: str):

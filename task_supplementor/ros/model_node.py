@@ -113,7 +113,8 @@ class ModelNode(Node, Generic[S, T]):
         raise NotImplementedError
 
     def _publish_result(self, publisher: Publisher, msg: Any) -> bool:
-        """Publish what an inference produced; False when ROS shut down meanwhile (then the worker should end).
+        """Publish what an inference (or the status timer) produced; False when ROS shut down meanwhile (then the
+        worker should end).
 
         WHY: Ctrl-C / SIGTERM invalidates the context at once, while the worker may be in the middle of an
         inference; its result then has nowhere to go, and the worker ends quietly instead of dying with an
@@ -147,7 +148,8 @@ class ModelNode(Node, Generic[S, T]):
         for key, value in fields.items():
             self.health.set_field(key, value)
         report_model_slot(self.health, self._slot, self._startup_problem, f"no {self.model_noun} loaded")
-        self._diag_pub.publish(self.health.to_array(Header(stamp=self.get_clock().now().to_msg())))
+        # a stop (Ctrl-C) can invalidate the context while this timer callback runs: then the status goes nowhere
+        self._publish_result(self._diag_pub, self.health.to_array(Header(stamp=self.get_clock().now().to_msg())))
 
     def close(self) -> bool:
         """Stop the worker (after the inference in progress) and the loader; False while a checkpoint load is still
