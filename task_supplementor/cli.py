@@ -28,8 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _build_parser(command: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="task-supplementor", description="task_supplementor: visual facts for VLA policies on ROS 2 "
-                                     "(nodes, BridgeData v2 bags, replay, benchmarks)")
+    parser = argparse.ArgumentParser(
+        prog="task-supplementor",
+        description="task_supplementor: visual facts for VLA policies on ROS 2 (nodes, BridgeData v2 bags, replay, "
+                    "benchmarks)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
