@@ -463,7 +463,7 @@ def replay(config: ReplayConfig) -> ReplayResult:
     if config.resume and config.out is None:
         raise ValueError("--resume needs --out (the run to finish)")
     plans = [plan_bag(name, path, config) for name, path in select_bags(config)]
-    run: RunFolder | None = None
+    run = RunFolder(None)
     if config.out is not None:
         config.out = Path(config.out)
         opened = RunFolder.resume if config.resume else RunFolder.start
@@ -471,10 +471,7 @@ def replay(config: ReplayConfig) -> ReplayResult:
         if run.bags_done:
             print(f"replay: resuming {config.out}: {len(run.bags_done)} of {len(plans)} bags already recorded",
                   file=sys.stderr)
-    frames = list(run.frames) if run else []
-    next_free_ns = run.next_free_ns if run else None
-    seconds = run.seconds if run else 0.0
-    todo = plans[len(run.bags_done):] if run else plans
+    todo = plans[len(run.bags_done):]
     recorder = _Recorder(config.storage)
     player = _Player(recorder)
     # on a terminal a bar; in a log (ros2 launch, a batch job) a line per bag, which a \r-updated bar is not
@@ -483,30 +480,25 @@ def replay(config: ReplayConfig) -> ReplayResult:
                disable=not bar_shown, file=sys.stderr)
     first_frame_pending = True  # until this invocation hears an action, the next one may wait for models to load
     try:
-        for position, plan in enumerate(todo):
+        for plan in todo:
             started = time.monotonic()
-            bag_frames, next_free_ns = _replay_bag(player, recorder, plan, config, first_frame_pending, next_free_ns)
+            bag_frames, next_free_ns = _replay_bag(player, recorder, plan, config, first_frame_pending,
+                                                   run.next_free_ns)
             first_frame_pending = first_frame_pending and all(f["timed_out"] for f in bag_frames)
-            elapsed = time.monotonic() - started
-            frames += bag_frames
-            seconds += elapsed
-            if run is not None:
-                run.bag_done(plan.name, bag_frames, next_free_ns, elapsed)
-            timeouts = sum(bool(f["timed_out"]) for f in frames)
+            run.bag_done(plan.name, bag_frames, next_free_ns, time.monotonic() - started)
+            timeouts = sum(bool(f["timed_out"]) for f in run.frames)
             bar.update()
-            bar.set_postfix(frames=len(frames), timeouts=timeouts, refresh=False)
+            bar.set_postfix(frames=len(run.frames), timeouts=timeouts, refresh=False)
             if config.progress and not bar_shown:
-                print(f"replay: {len(plans) - len(todo) + position + 1}/{len(plans)} bags ({plan.name}: "
-                      f"{len(bag_frames)} frames; {len(frames)} frames, {timeouts} timeouts in all)",
-                      file=sys.stderr, flush=True)
+                print(f"replay: {len(run.bags_done)}/{len(plans)} bags ({plan.name}: {len(bag_frames)} frames; "
+                      f"{len(run.frames)} frames, {timeouts} timeouts in all)", file=sys.stderr, flush=True)
     finally:
         bar.close()
         recorder.close()
         player.close()
-    summary = _summary(frames, config, [plan.name for plan in plans], seconds)
-    if run is not None:
-        run.write_summary(summary)
-    return ReplayResult(frames=frames, summary=summary, out=config.out)
+    summary = _summary(run.frames, config, [plan.name for plan in plans], run.seconds)
+    run.write_summary(summary)
+    return ReplayResult(frames=run.frames, summary=summary, out=config.out)
 
 
 def _parse_remap(text: str) -> tuple[str, str]:

@@ -29,9 +29,10 @@ RUN_FILES = ("run.json", "bags.jsonl", "frames.jsonl", "summary.json", "records"
 
 @dataclasses.dataclass
 class RunFolder:
-    """An ``--out`` folder opened for writing, with what earlier (interrupted) invocations finished."""
+    """A run's progress: what earlier (interrupted) invocations finished and what this one adds, journalled into the
+    ``--out`` folder (``out`` None: a run without one, kept in memory only)."""
 
-    out: Path
+    out: Path | None
     bags_done: list[str] = dataclasses.field(default_factory=list)
     frames: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # of the finished bags, in order
     next_free_ns: int | None = None  # first stamp free after the last finished bag (None: none finished)
@@ -95,16 +96,18 @@ class RunFolder:
     def bag_done(self, name: str, frames: list[dict[str, Any]], next_free_ns: int | None, seconds: float) -> None:
         """Journal a finished bag: its frames first, flushed to disk (fsync), then the line that makes them count, so
         a journalled bag always has its frames before it in ``frames.jsonl``."""
-        _append_synced(self.out / "frames.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in frames))
-        _append_synced(self.out / "bags.jsonl", json.dumps({"bag": name, "frames": len(frames),
-                                                            "next_free_ns": next_free_ns, "seconds": seconds},
-                                                           sort_keys=True) + "\n")
+        if self.out is not None:
+            _append_synced(self.out / "frames.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in frames))
+            _append_synced(self.out / "bags.jsonl", json.dumps({"bag": name, "frames": len(frames),
+                                                                "next_free_ns": next_free_ns, "seconds": seconds},
+                                                               sort_keys=True) + "\n")
         self.bags_done.append(name)
         self.frames += frames
         self.next_free_ns, self.seconds = next_free_ns, self.seconds + seconds
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        if self.out is not None:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 def _holds(path: Path) -> bool:
