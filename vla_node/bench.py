@@ -13,8 +13,11 @@ Paths (same model, same inputs, same run):
 Each timed call is a whole frame: image preprocessing, vision towers, projector, prefill, 7 decode steps,
 un-normalisation. "frames/s, stream": a run of batched calls, each batch's preprocessing overlapped with the previous
 batch's GPU work where the path allows it (``native-graphed`` through :meth:`OpenVLARuntime.predict_stream`, which
-users call; the other paths have no asynchronous call and run one batch after another). "model-only": the same batched
-call on inputs already preprocessed and on the device. ``--full-size`` builds the OpenVLA-7B architecture (DINOv2-L +
+users call; the other paths have no asynchronous call and run one batch after another), timed from the first batch's
+actions to the last's. WHY not from the call: the first batch's preprocessing has nothing to hide behind, a one-off
+that a short timed run (3 batches) would spread over every batch (~4% at batch 256 on an H100) though an offline run
+over thousands of frames pays it once. "model-only": the same batched call on inputs already preprocessed and on the
+device. ``--full-size`` builds the OpenVLA-7B architecture (DINOv2-L +
 SigLIP-so400m + Llama-2-7B) with random weights directly on the GPU in bf16 (no 15 GB CPU init); the compute is the
 real model's. ``--checkpoint`` loads a real checkpoint instead; with neither, the tiny random checkpoint (official
 layout) runs, on the GPU when there is one, else on the CPU. Imports no ROS: it runs on a bare GPU machine.
@@ -26,7 +29,7 @@ import argparse
 import gc
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -131,24 +134,38 @@ def _frames_per_second(run_calls: Callable[[int], int], iters: int, warmup: int,
     return frames / (time.perf_counter() - start)
 
 
+def _steady_frames_per_second(results: Callable[[int], Iterator[None]], calls: int, warmup: int,
+                              frames_per_call: int) -> float:
+    """Frames/s of a stream in its steady state: ``results(n)`` yields as each of n calls' results reaches the host;
+    timed from the first result to the last (n - 1 calls), after ``warmup`` untimed calls."""
+    if calls < 2:
+        raise ValueError("a steady-state rate needs at least 2 timed calls")
+    for _ in results(warmup):
+        pass
+    stamps = [time.perf_counter() for _ in results(calls)]
+    return (calls - 1) * frames_per_call / (stamps[-1] - stamps[0])
+
+
 def _measure_path(runtime, path: str, decode: Callable, images, prompts, iters: int, warmup: int,
                   ) -> tuple[float, float, np.ndarray]:
-    """(frames/s of a stream of whole batched calls, model-only frames/s, last ids) at len(images) frames a call."""
+    """(steady-state frames/s of a stream of whole batched calls, model-only frames/s, last ids) at len(images)
+    frames a call."""
     cuda = runtime.device.type == "cuda"
     ids = runtime.encode(prompts)
     last = {}
     graphed = path == "native-graphed" and runtime.graphed is not None
 
-    def stream(calls: int) -> int:
+    def stream(calls: int) -> Iterator[None]:
         if graphed:  # the users' API: preprocessing of batch n+1 overlaps the GPU work of batch n
             for prediction in runtime.predict_stream(((images, prompts) for _ in range(calls)), "bridge_orig"):
                 last["ids"] = prediction.token_ids
+                yield
         else:
             for _ in range(calls):
                 with torch.inference_mode():
                     last["ids"] = decode(runtime.preprocessor(images), ids).cpu().numpy()
                 runtime.decoder.decode(last["ids"], "bridge_orig")
-        return calls * len(images)
+                yield
 
     ready = runtime.preprocessor.resize(images) if graphed else runtime.preprocessor(images)
     ready = ready.to(runtime.device)
@@ -159,7 +176,7 @@ def _measure_path(runtime, path: str, decode: Callable, images, prompts, iters: 
                 runtime.decoder.decode(decode(ready, ids).cpu().numpy(), "bridge_orig")
         return calls * len(images)
 
-    streamed = _frames_per_second(stream, iters, warmup, cuda)
+    streamed = _steady_frames_per_second(stream, iters, warmup, len(images))
     return streamed, _frames_per_second(model_only, iters, 1, cuda), last["ids"]
 
 
@@ -239,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
              "preprocessing, both ViTs, projector, prefill (256 patches + prompt), 7 greedy tokens, un-normalisation. "
              "Prompts of mixed lengths in the batch. 'stream' = a run of whole batched calls (preprocessing included; "
              "native-graphed through predict_stream, which overlaps a batch's preprocessing with the previous "
-             "batch's GPU work; the other paths one call after another). 'model-only' = the same batched call on "
+             "batch's GPU work; the other paths one call after another), timed from the first batch's actions to "
+             "the last's (steady state: the first batch's preprocessing, which nothing hides, is paid once a run). 'model-only' = the same batched call on "
              "inputs preprocessed once and already on the device (not what a caller gets end to end). "
              "'out of GPU memory': that path could not run that batch size (the others' numbers stand). "
              "'same ids' = share of frames (batch-1 frame + batched frames, of the batch sizes both ran) "
