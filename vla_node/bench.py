@@ -12,15 +12,15 @@ Paths (same model, same inputs, same run):
 
 Each timed call is a whole frame: image preprocessing, vision towers, projector, prefill, 7 decode steps,
 un-normalisation. "frames/s, stream": a run of batched calls, each batch's preprocessing overlapped with the previous
-batch's GPU work where the path allows it (``native-graphed`` through :meth:`OpenVLARuntime.predict_stream`, which
-users call; the other paths have no asynchronous call and run one batch after another), timed from the first batch's
-actions to the last's. WHY not from the call: the first batch's preprocessing has nothing to hide behind, a one-off
-that a short timed run (3 batches) would spread over every batch (~4% at batch 256 on an H100) though an offline run
-over thousands of frames pays it once. "model-only": the same batched call on inputs already preprocessed and on the
-device. ``--full-size`` builds the OpenVLA-7B architecture (DINOv2-L +
-SigLIP-so400m + Llama-2-7B) with random weights directly on the GPU in bf16 (no 15 GB CPU init); the compute is the
-real model's. ``--checkpoint`` loads a real checkpoint instead; with neither, the tiny random checkpoint (official
-layout) runs, on the GPU when there is one, else on the CPU. Imports no ROS: it runs on a bare GPU machine.
+batch's GPU work where the path allows it (``native-graphed`` through :meth:`OpenVLARuntime.predict_stream`, which users
+call; the other paths have no asynchronous call and run one batch after another), timed from the first batch's actions
+to the last's. WHY not from the call: the first batch's preprocessing has nothing to hide behind, a one-off that a short
+timed run (3 batches) would spread over every batch (~4% at batch 256 on an H100) though an offline run over thousands
+of frames pays it once. "model-only": the same batched call on inputs already preprocessed and on the device.
+``--full-size`` builds the OpenVLA-7B architecture (DINOv2-L + SigLIP-so400m + Llama-2-7B) with random weights directly
+on the GPU in bf16 (no 15 GB CPU init); the compute is the real model's. ``--checkpoint`` loads a real checkpoint
+instead; with neither, the tiny random checkpoint (official layout) runs, on the GPU when there is one, else on the CPU.
+Imports no ROS: it runs on a bare GPU machine.
 """
 
 from __future__ import annotations
@@ -257,8 +257,9 @@ def run(args: argparse.Namespace) -> int:
              "Prompts of mixed lengths in the batch. 'stream' = a run of whole batched calls (preprocessing included; "
              "native-graphed through predict_stream, which overlaps a batch's preprocessing with the previous "
              "batch's GPU work; the other paths one call after another), timed from the first batch's actions to "
-             "the last's (steady state: the first batch's preprocessing, which nothing hides, is paid once a run). 'model-only' = the same batched call on "
-             "inputs preprocessed once and already on the device (not what a caller gets end to end). "
+             "the last's (steady state: the first batch's preprocessing, which nothing hides, is paid once a run). "
+             "'model-only' = the same batched call on inputs preprocessed once and already on the device (not "
+             "what a caller gets end to end). "
              "'out of GPU memory': that path could not run that batch size (the others' numbers stand). "
              "'same ids' = share of frames (batch-1 frame + batched frames, of the batch sizes both ran) "
              "whose 7 action tokens equal the first path's (bf16 kernels of different shapes may round differently "
