@@ -172,18 +172,26 @@ def test_burst_while_busy_is_dropped_not_queued(graph):
     _first_facts_for(h, 100)
     time.sleep(1.5)   # a diagnostics report after the last frame above
     before = h.wait_for(h.counters, 10)
-    burst = list(range(2000, 2040))
-    for sec in burst:   # 100 frames/s: faster than the model, slow enough for DDS to deliver each one
-        h.image_pub.publish(h.frame(sec))
-        time.sleep(0.01)
-    last = h.wait_for(lambda: next((m for _, m in h.received.facts_since(0) if m.header.stamp.sec == burst[-1]),
-                                   None), 30)
-    assert last is not None, "the newest frame of the burst must be described"
-    time.sleep(2.5)   # let diagnostics (1 Hz) catch up
-    after = h.counters()
-    described = {m.header.stamp.sec for _, m in h.received.facts_since(0) if m.header.stamp.sec in burst}
-    received = int(after["frames_received"]) - int(before["frames_received"])
-    dropped = int(after["frames_dropped"]) - int(before["frames_dropped"])
+    sent: list[int] = []
+    # The sensor QoS keeps only the newest frame in DDS, so a loaded machine whose node process is slow to take
+    # frames hands it only a few of a burst, each of which may then find the model free (CI once saw 2 of 40).
+    # Bursts are repeated until the node has seen frames arrive while the model was busy, up to 5 bursts.
+    for start in range(2000, 2500, 100):
+        burst = list(range(start, start + 40))
+        for sec in burst:   # 100 frames/s: faster than the model, slow enough for DDS to deliver each one
+            h.image_pub.publish(h.frame(sec))
+            time.sleep(0.01)
+        sent += burst
+        last = h.wait_for(lambda: next((m for _, m in h.received.facts_since(0)
+                                        if m.header.stamp.sec == burst[-1]), None), 30)
+        assert last is not None, "the newest frame of a burst must be described"
+        time.sleep(2.5)   # let diagnostics (1 Hz) catch up
+        after = h.counters()
+        described = {m.header.stamp.sec for _, m in h.received.facts_since(0) if m.header.stamp.sec in sent}
+        received = int(after["frames_received"]) - int(before["frames_received"])
+        dropped = int(after["frames_dropped"]) - int(before["frames_dropped"])
+        if received > len(described):
+            break
     assert len(described) < received, "frames that arrived while the model was busy were all described (queued)"
     assert received == dropped + len(described), (received, dropped, sorted(described))
 
