@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
+
+from offline.synced_files import append_synced, json_lines
 
 MANIFEST_NAME = "manifest.jsonl"
 SETTINGS_KEYS = ("dataset", "storage", "image_format", "bridge_orig", "cameras")  # must match to resume
@@ -176,10 +177,7 @@ class Manifest:
         return None
 
     def _append(self, entry: dict) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_synced(self.path, json_lines([entry]))
 
 
 def bag_checksum(bag_dir: Path) -> str:

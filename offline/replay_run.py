@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from offline.synced_files import append_synced, json_lines, write_atomically
 
 RUN_FILES = ("run.json", "bags.jsonl", "frames.jsonl", "summary.json", "records")
 
@@ -51,7 +53,7 @@ class RunFolder:
             raise FileExistsError(f"--out {out} already holds a replay ({', '.join(taken)}): give each run a new "
                                   "folder, or --resume to finish an interrupted one")
         (out / "records").mkdir(parents=True, exist_ok=True)
-        _write_atomically(out / "run.json", json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        write_atomically(out / "run.json", json.dumps(settings, indent=2, sort_keys=True) + "\n")
         return cls(out)
 
     @classmethod
@@ -77,7 +79,8 @@ class RunFolder:
         expected = [entry["bag"] for entry in journal for _ in range(int(entry["frames"]))]
         frames = _journal_lines(out / "frames.jsonl", ("bag",), limit=len(expected))
         if [frame["bag"] for frame in frames] != expected:
-            short = sorted({bag for bag in expected if [f["bag"] for f in frames].count(bag) != expected.count(bag)})
+            have, want = Counter(frame["bag"] for frame in frames), Counter(expected)
+            short = sorted(bag for bag in want if have[bag] != want[bag])
             raise ValueError(f"--resume: {out / 'frames.jsonl'} does not hold the frames journalled for "
                              f"{', '.join(short) or 'the bags'} in order: the folder was damaged; give a new folder")
         folder = cls(out, bags_done=done, frames=frames, next_free_ns=journal[-1]["next_free_ns"] if journal else None,
@@ -85,7 +88,7 @@ class RunFolder:
         # now the folder is brought to exactly the journalled bags (each step atomic or repeatable)
         for name, entries in (("bags.jsonl", journal), ("frames.jsonl", frames)):
             if entries or (out / name).is_file():
-                _write_atomically(out / name, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+                write_atomically(out / name, json_lines(entries))
         (out / "records").mkdir(exist_ok=True)
         for record in (out / "records").iterdir():
             if record.is_dir() and record.name not in done:
@@ -97,10 +100,9 @@ class RunFolder:
         """Journal a finished bag: its frames first, flushed to disk (fsync), then the line that makes them count, so
         a journalled bag always has its frames before it in ``frames.jsonl``."""
         if self.out is not None:
-            _append_synced(self.out / "frames.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in frames))
-            _append_synced(self.out / "bags.jsonl", json.dumps({"bag": name, "frames": len(frames),
-                                                                "next_free_ns": next_free_ns, "seconds": seconds},
-                                                               sort_keys=True) + "\n")
+            append_synced(self.out / "frames.jsonl", json_lines(frames))
+            append_synced(self.out / "bags.jsonl", json_lines([{"bag": name, "frames": len(frames),
+                                                                "next_free_ns": next_free_ns, "seconds": seconds}]))
         self.bags_done.append(name)
         self.frames += frames
         self.next_free_ns, self.seconds = next_free_ns, self.seconds + seconds
@@ -144,20 +146,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"--resume: {path} is damaged (not a JSON object)")
     return value
-
-
-def _append_synced(path: Path, text: str) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: a crash leaves the old file or the new one, never a mix."""
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    partial.replace(path)
