@@ -25,22 +25,6 @@ class CheckpointError(RuntimeError):
     """The directory is not a loadable OpenVLA checkpoint (says which file/keys are wrong)."""
 
 
-def weight_map(checkpoint_dir: Path) -> dict[str, str] | None:
-    """The index's tensor name -> shard file name (None for a single-file checkpoint)."""
-    try:
-        return checkpoint_files.weight_map(checkpoint_dir)
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from None
-
-
-def safetensors_files(checkpoint_dir: Path, mapping: dict[str, str] | None) -> list[Path]:
-    """The weight files: the shards ``mapping`` (:func:`weight_map`) names, else the single model.safetensors."""
-    try:
-        return checkpoint_files.weight_files(checkpoint_dir, mapping)
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from None
-
-
 def parse_device_map(device_map: str | Sequence[str]) -> list[torch.device]:
     """``"cpu"``, ``"cuda"``, ``"cuda:0,cuda:1"`` or a list; ``"auto"`` = cuda:0 if available, else cpu."""
     if isinstance(device_map, str):
@@ -80,11 +64,15 @@ def load_openvla(checkpoint_dir: str | Path, dtype: torch.dtype = torch.bfloat16
     placement = place_modules(model, devices)
     expected = dict(model.state_dict())
     skipped = model.unused_checkpoint_prefixes()
-    mapping = weight_map(checkpoint_dir)
+    try:  # the same layouts and messages as the parameter callback's quick check
+        mapping = checkpoint_files.weight_map(checkpoint_dir)
+        files = checkpoint_files.weight_files(checkpoint_dir, mapping)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     state: dict[str, torch.Tensor] = {}
     found_in: dict[str, str] = {}  # key -> the shard it came from
     unexpected: list[str] = []
-    for path in safetensors_files(checkpoint_dir, mapping):
+    for path in files:
         try:
             with safe_open(str(path), framework="pt", device="cpu") as handle:
                 for key in handle.keys():
