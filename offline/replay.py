@@ -479,6 +479,7 @@ def replay(config: ReplayConfig) -> ReplayResult:
     bar = tqdm(total=len(plans), initial=len(plans) - len(todo), unit="bag", desc=f"replay {config.mode}",
                disable=not bar_shown, file=sys.stderr)
     first_frame_pending = True  # until this invocation hears an action, the next one may wait for models to load
+    timeouts = sum(bool(f["timed_out"]) for f in run.frames)  # those of a resumed run's recorded bags
     try:
         for plan in todo:
             started = time.monotonic()
@@ -486,7 +487,7 @@ def replay(config: ReplayConfig) -> ReplayResult:
                                                    run.next_free_ns)
             first_frame_pending = first_frame_pending and all(f["timed_out"] for f in bag_frames)
             run.bag_done(plan.name, bag_frames, next_free_ns, time.monotonic() - started)
-            timeouts = sum(bool(f["timed_out"]) for f in run.frames)
+            timeouts += sum(bool(f["timed_out"]) for f in bag_frames)
             bar.update()
             bar.set_postfix(frames=len(run.frames), timeouts=timeouts, refresh=False)
             if config.progress and not bar_shown:

@@ -34,6 +34,8 @@ from transformers.cache_utils import DynamicCache
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
 
+from task_supplementor.cuda_graphs import capture_graph
+
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -177,23 +179,10 @@ class FastQwenGreedy:
             return self._vision_forward(plan, pixel_values)
         if plan.graph is None:
             plan.pixels = pixel_values.clone()
-            plan.output, plan.graph = self._capture(lambda: self._vision_forward(plan, plan.pixels))
+            plan.output, plan.graph = capture_graph(lambda: self._vision_forward(plan, plan.pixels), self._pool)
         plan.pixels.copy_(pixel_values)
         plan.graph.replay()
         return plan.output.clone()
-
-    def _capture(self, fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.cuda.CUDAGraph]:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):   # warm-up off the capture: lazy cache init, cuBLAS workspaces, autotuning
-            for _ in range(2):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # a capture stream of this device (torch's default one belongs to the device of the process's first capture)
-        with torch.cuda.graph(graph, pool=self._pool, stream=torch.cuda.Stream()):
-            output = fn()
-        return output, graph
 
     # ---- text --------------------------------------------------------------------------------------------------
     def _rotary(self, hidden: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,7 +244,7 @@ class FastQwenGreedy:
                           torch.zeros((), dtype=torch.long, device=device),
                           torch.ones(batch, capacity, dtype=torch.bool, device=device))
         if self.use_graphs:
-            step.logits, step.graph = self._capture(lambda: self._step_forward(step))
+            step.logits, step.graph = capture_graph(lambda: self._step_forward(step), self._pool)
         self._steps[key] = step
         while len(self._steps) > self.max_graphs:
             self._steps.popitem(last=False)

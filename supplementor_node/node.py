@@ -82,7 +82,7 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
                 "inference_errors")
 
     def __init__(self, **kwargs: Any):
-        super().__init__(NODE_NAME, PARAMETERS, "visual facts", Describer, preflight, **kwargs)
+        super().__init__(NODE_NAME, PARAMETERS, "visual facts", Describer, preflight, check_choices, **kwargs)
         self._frame: CameraFrame | None = None
         self._frame_fresh = False     # the latest frame has not been described yet
         self._described_stamp: int | None = None  # of the frame described last (or now); None after a failure
@@ -110,7 +110,7 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
         changes = {p.name: p.value for p in params if p.name in PARAMETERS}
         model_changed = any(PARAMETERS[name].group == "model" for name in changes)
         cfg = self._describer_config(changes)
-        reason = self._check_model_change(cfg) if model_changed else None
+        reason = self._check_spec(cfg) if model_changed else None
         if reason:
             serving = self._slot.current[1]
             self.get_logger().error(f"rejected parameter change {changes}: {reason}"
@@ -123,17 +123,6 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
         if model_changed and cfg.checkpoint:
             self._request_model(cfg)
         return SetParametersResult(successful=True)
-
-    def _check_model_change(self, cfg: DescriberConfig) -> str | None:
-        """Why ``cfg`` cannot be loaded, or None; without a checkpoint, the choices are checked now and used once a
-        checkpoint is set."""
-        if cfg.checkpoint:
-            return self._slot.check(cfg)
-        try:
-            check_choices(cfg)
-        except ValueError as exc:
-            return str(exc)
-        return None
 
     # ---- inputs ---------------------------------------------------------------------------------------------
     def _on_frame(self, frame: CameraFrame) -> None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from task_supplementor.cuda_graphs import capture_graph
 from vla_node.prompting import with_empty_token
 from vla_node.swiglu_gemm import MIN_ROWS, fused_swiglu_available, swiglu_product, swiglu_reference
 from vla_node.vit import block_forward
@@ -311,17 +312,8 @@ class GraphedGreedyDecoder:
                        self._kv_buffers(text.shape[0], cache_len), None, None)
         if self.use_graphs:
             entry.text_mask[:, 0] = 1
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up off the capture: cache allocation, cuBLAS handles, autotuning
-                for _ in range(2):
-                    self._frame(entry.images, entry.text, entry.text_mask, entry.kv, steps)
-            torch.cuda.current_stream().wait_stream(side)
-            entry.graph = torch.cuda.CUDAGraph()
-            # a capture stream of this device: torch's default one is made once per process, on whichever device
-            # was current at the first capture, and capturing another device's kernels on it fails
-            with torch.cuda.graph(entry.graph, pool=self._pool, stream=torch.cuda.Stream()):
-                entry.tokens = self._frame(entry.images, entry.text, entry.text_mask, entry.kv, steps)
+            entry.tokens, entry.graph = capture_graph(
+                lambda: self._frame(entry.images, entry.text, entry.text_mask, entry.kv, steps), self._pool)
         self._graphs[key] = entry
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)

@@ -104,7 +104,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
                 "placeholder_failures", "inference_errors")
 
     def __init__(self, **kwargs: Any):
-        super().__init__(NODE_NAME, PARAMETERS, "actions", load_policy, preflight, **kwargs)
+        super().__init__(NODE_NAME, PARAMETERS, "actions", load_policy, preflight, check_choices, **kwargs)
         try:  # values no checkpoint can make valid: refused at start, as rclpy refuses a value out of range
             self._fusion = self._fusion_config({})
             self._check_stale_facts_policy({})
@@ -190,13 +190,8 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         # the start-up checkpoint was held back (e.g. its unnorm key was wrong) and no policy came since
         held_back = bool(spec.checkpoint) and not policy_changed and self._slot.target is None and bool(
             self._startup_problem)
-        if reason is None and policy_changed:
-            reason = self._slot.check(spec)
-        elif reason is None and policy_set:  # no checkpoint yet: the choices are checked now, used once it is set
-            try:
-                check_choices(spec)
-            except ValueError as error:
-                reason = str(error)
+        if reason is None and policy_set:
+            reason = self._check_spec(spec)
         if reason:
             self.get_logger().error(f"rejected parameter change {changes}: {reason}")
             return SetParametersResult(successful=False, reason=reason)

@@ -50,7 +50,7 @@ class ModelNode(Node, Generic[S, T]):
     counters: tuple[str, ...] = ()  # reported from the first status on, at 0 until counted (dashboards need the keys)
 
     def __init__(self, name: str, parameters: dict[str, ParamSpec], health_name: str, load: Callable[[S], T],
-                 preflight: Callable[[S], None], **kwargs: Any) -> None:
+                 preflight: Callable[[S], None], check_choices: Callable[[S], None], **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
         declare_parameters(self, parameters)
         # status named after the node's full name, so two such nodes in one graph stay apart in /diagnostics
@@ -58,6 +58,7 @@ class ModelNode(Node, Generic[S, T]):
                              counters=self.counters)
         self._slot: ModelSlot[S, T] = ModelSlot(load, name=lambda spec: spec.checkpoint, preflight=preflight,
                                                 on_event=self._on_slot_event)
+        self._check_choices = check_choices
         self._cond = threading.Condition()  # guards the inputs the worker waits for, and _stopping
         self._task = ""
         self._stopping = False
@@ -88,6 +89,18 @@ class ModelNode(Node, Generic[S, T]):
             self.get_logger().error(self._startup_problem)
             return
         self._request_model(spec)
+
+    def _check_spec(self, spec: S) -> str | None:
+        """Why a parameter change to ``spec`` must be rejected, or None. Without a checkpoint only the choices
+        (backend, device, dtype, ...) are checked (``check_choices``), now, so a bad one is refused when it is set
+        rather than when a checkpoint is set later; with one, the whole preflight runs."""
+        if spec.checkpoint:
+            return self._slot.check(spec)
+        try:
+            self._check_choices(spec)
+        except ValueError as exc:
+            return str(exc)
+        return None
 
     def _request_model(self, spec: S) -> None:
         """Load ``spec`` in the background (already checked); the serving model keeps serving meanwhile."""

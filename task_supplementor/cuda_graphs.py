@@ -1,0 +1,32 @@
+"""Recording a model function as a CUDA graph: what both ``fast_decode`` paths (Qwen2.5-VL, OpenVLA) share.
+
+WHY one helper: a capture that skips any of its steps fails only on some machines or on the second GPU, far from
+the cause. The function runs twice first on a side stream (lazy caches, cuBLAS workspaces and Triton autotuning
+must not happen inside the capture), and the capture itself runs on a fresh stream of the current device: torch's
+default capture stream is made once per process on whichever device was current at the first capture, and
+capturing another device's kernels on it fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+
+Output = TypeVar("Output")
+
+
+def capture_graph(fn: Callable[[], Output], pool: tuple[int, int] | None) -> tuple[Output, torch.cuda.CUDAGraph]:
+    """``fn``'s output tensors (refreshed by every replay) and its recorded graph, allocating from memory ``pool``
+    (shared by a runtime's graphs: they replay one at a time, so their intermediates may overlap)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, stream=torch.cuda.Stream()):
+        output = fn()
+    return output, graph
