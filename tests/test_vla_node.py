@@ -400,6 +400,29 @@ def test_a_start_up_value_no_checkpoint_can_mend_ends_the_node_with_one_line(vla
     assert "Traceback" not in text, text
 
 
+def test_without_a_checkpoint_choices_are_checked_at_once_and_the_first_load_comes_when_it_is_set(vla: Harness,
+                                                                                                      tmp_path):
+    """Started with no checkpoint, the node serves nothing; a bad dtype is refused when it is set (not when a
+    checkpoint arrives later), a device is accepted, and setting the checkpoint loads the policy."""
+    log = tmp_path / "empty.log"
+    proc = start_node("vla_node.node", "vla.yaml", {"checkpoint": '""', "image_compressed": "false",
+                                                    "control_rate_hz": "10.0"}, log, ros_args=("-r", "__ns:=/empty"))
+    try:
+        empty = Harness(vla.node, vla.checkpoint, ns="/empty")
+        empty.task_pub.publish(String(data=TASK))
+        said = empty.wait_for(lambda: "no checkpoint set" in empty.diagnostics_message, 60)
+        assert said and empty.diagnostics.get("policy_id") == "none", (empty.diagnostics_message, log.read_text())
+        refused = empty.set(dtype="int8")[0]
+        assert not refused.successful and "dtype 'int8'" in refused.reason
+        assert empty.set(device="cpu")[0].successful, "a device must be settable before any checkpoint"
+        assert empty.set(checkpoint=vla.checkpoint)[0].successful
+        action = empty.act(1200, timeout=60)
+        assert action is not None and action.policy_id == vla.checkpoint, log.read_text()
+    finally:
+        stopped = stop_nodes({"empty": (proc, log)})["empty"]
+    assert stopped.clean, stopped.log_tail
+
+
 def test_a_start_up_checkpoint_held_back_by_its_unnorm_key_loads_once_the_key_is_set(vla: Harness, tmp_path):
     """Started with a key the checkpoint lacks, the node serves nothing and says why; setting the key (only) loads
     the policy, whose actions then come."""
