@@ -109,7 +109,7 @@ class RunFolder:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.out is not None:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            write_atomically(self.out / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 def _holds(path: Path) -> bool:
