@@ -17,6 +17,8 @@ from launch.events import Shutdown
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 
+from task_supplementor import bringup
+
 REPLAY_ARGUMENTS = {
     "manifest": ("", "conversion folder or its manifest.jsonl (the bag selection)"),
     "bags": ("", "space-separated bag folders (instead of manifest)"),
@@ -56,7 +58,7 @@ def replay_process(context) -> list:
     for name in ("manifest", "split", "episodes"):
         if value[name]:
             command += [f"--{name}", value[name]]
-    if value["resume"].strip().lower() in ("true", "1", "yes", "on"):
+    if bringup.coerce_like(False, value["resume"], "resume"):
         command.append("--resume")
     command += ["--camera-topic", LaunchConfiguration("camera_topic").perform(context),
                 "--task-topic", LaunchConfiguration("task_topic").perform(context)]
