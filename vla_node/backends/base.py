@@ -16,6 +16,7 @@ import numpy as np
 
 from task_supplementor.checkpoint_files import check_weights
 from task_supplementor.devices import ModelChoice, check_load_choices, resolve_auto
+from vla_node.config import read_json, read_norm_stats
 
 BACKENDS = ("native", "hf-official")
 
@@ -43,8 +44,6 @@ class Policy(Protocol):
 def norm_stats_of(checkpoint: str | Path) -> dict[str, Any]:
     """The checkpoint's un-normalisation statistics (:func:`vla_node.config.read_norm_stats`); ValueError when the
     directory is not a checkpoint or has none."""
-    from vla_node.config import read_norm_stats, read_json
-
     config = Path(checkpoint) / "config.json"
     if not str(checkpoint) or not config.is_file():
         raise ValueError(f"checkpoint {str(checkpoint)!r} is not an OpenVLA checkpoint directory (no config.json)")
