@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_node.backends.base import BackendUnavailable, PolicySpec, norm_stats_of, resolve_device_dtype
+from vla_node.backends.base import PolicySpec, norm_stats_of, resolve_device_dtype
 
 TRANSFORMERS_VERSION = "4.40.1"
 TOKENIZERS_VERSION = "0.19.1"
@@ -87,9 +87,8 @@ def unavailable_reason(checkpoint: str | Path | None) -> str:
 
 
 def load(spec: PolicySpec) -> HFOfficialPolicy:
-    reason = unavailable_reason(spec.checkpoint)
-    if reason:
-        raise BackendUnavailable(reason)
+    """The official model on ``spec``; called by :func:`vla_node.backends.load_policy` after its preflight, which
+    has already refused an environment this code cannot run in (:func:`unavailable_reason`)."""
     from transformers import AutoModelForVision2Seq, AutoProcessor
 
     device, dtype = resolve_device_dtype(spec)
