@@ -5,6 +5,13 @@ the cause. The function runs twice first on a side stream (lazy caches, cuBLAS w
 must not happen inside the capture), and the capture itself runs on a fresh stream of the current device: torch's
 default capture stream is made once per process on whichever device was current at the first capture, and
 capturing another device's kernels on it fails.
+
+The capture is thread-local (``capture_error_mode="thread_local"``): a node records the graphs of a model it is
+swapping in on its loader thread while the serving model keeps running on the inference thread (and the serving
+model may record a graph for a new frame shape while the next checkpoint's weights are being copied in). Under
+CUDA's default global mode, a capture forbids "unsafe" calls (synchronisation, allocations) in every thread of the
+process, so the other thread's work would fail and invalidate the capture (the swap tests in
+tests/test_openvla_cuda.py and tests/test_fast_decode.py fail that way on a GPU).
 """
 
 from __future__ import annotations
@@ -27,6 +34,6 @@ def capture_graph(fn: Callable[[], Output], pool: tuple[int, int] | None) -> tup
             fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool, stream=torch.cuda.Stream()):
+    with torch.cuda.graph(graph, pool=pool, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
         output = fn()
     return output, graph

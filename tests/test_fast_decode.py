@@ -7,10 +7,13 @@ EOS/padding handling, a minimum length, and the xgrammar constraint applied betw
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
+from serving_while_loading import load_while_serving
 from supplementor_node.fast_decode import FastQwenGreedy
 from supplementor_node.qwen_inputs import Prompt, QwenVLInputBuilder
 
@@ -99,6 +102,25 @@ def test_graphs_on_the_second_gpu_give_generates_ids(tiny_models):
     expected = _reference(model, inputs, max_new_tokens=12)
     for _ in range(2):  # capture, then replay
         assert torch.equal(fast.generate(inputs, max_new_tokens=12).cpu(), expected.cpu())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (graph capture beside a serving model)")
+def test_a_model_swapped_in_records_its_graphs_while_the_old_one_serves(tiny_models):
+    """The node's live swap: the new backend loads, compiles and records its graphs (its warm-up) on the loader
+    thread while the serving one keeps describing, with frames of new sizes (recording their vision graphs) among
+    them; neither may fail, and both give the same text."""
+    from supplementor_node.backends.base import BackendConfig
+    from supplementor_node.backends.hf_transformers import TransformersBackend
+
+    cfg = BackendConfig(str(tiny_models / "qwen2_5_vl_tiny"), device="cuda:0", dtype="bfloat16")
+    serving = TransformersBackend(cfg)
+    sizes = itertools.cycle(range(112, 449, 28))  # 13 image sizes, more than the 8 kept: a capture per frame
+    loaded, served, errors = load_while_serving(
+        lambda: serving.generate(_prompts([next(sizes)], ["What?"]), 8), lambda: TransformersBackend(cfg))
+    assert errors == [] and served > 0
+    prompts = _prompts([224], ["What is visible?"])
+    for backend in loaded:
+        assert backend.generate(prompts, 12) == serving.generate(prompts, 12)
 
 
 def test_vision_plans_are_kept_least_recently_used(qwen):

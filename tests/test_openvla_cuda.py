@@ -1,9 +1,11 @@
-"""The CUDA-graph path of the OpenVLA runtime on a real GPU (tiny random checkpoint, float32), against eager decoding.
+"""The CUDA-graph path of the OpenVLA runtime on a real GPU (tiny random checkpoint, float32), against eager decoding
+and against itself one frame at a time.
 
 CI has no GPU, so these skip there (visibly, with the reason); they run on a GPU machine with
 ``python -m pytest tests/test_openvla_cuda.py``. What only a GPU exercises: graph capture and replay per frame shape,
-uint8 frames normalised inside the graph, page-locked input staging, and predict_stream's overlap of one batch's
-CPU work with the previous batch's GPU work (a race there would hand back another batch's actions).
+uint8 frames normalised inside the graph, page-locked input staging, predict_stream's overlap of one batch's
+CPU work with the previous batch's GPU work (a race there would hand back another batch's actions), and a policy
+recording its graphs while another one serves (the node's live swap).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from serving_while_loading import load_while_serving
 from vla_node.prompting import official_prompt
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -63,6 +66,19 @@ def test_graph_replays_give_the_eager_actions(runtimes, count):
         np.testing.assert_array_equal(got.actions, expected.actions)
 
 
+def test_a_batch_gives_the_actions_of_its_frames_one_by_one(runtimes):
+    """Batched == one-by-one on the graphed path: 9 frames of four prompt lengths (past BATCHED_ROWS, so another
+    padding bucket than one frame's) against each frame alone. In float32; in bf16 a batch's GEMMs round differently
+    from one frame's (docs/vla.md)."""
+    graphed, _ = runtimes
+    images, prompts = _batch(9, 60)
+    batched = graphed.predict(images, prompts, "bridge_orig")
+    for row, (image, prompt) in enumerate(zip(images, prompts)):
+        alone = graphed.predict([image], [prompt], "bridge_orig")
+        np.testing.assert_array_equal(batched.token_ids[row], alone.token_ids[0])
+        np.testing.assert_array_equal(batched.actions[row], alone.actions[0])
+
+
 def test_predict_stream_hands_back_each_batch_its_own_actions(runtimes):
     graphed, eager = runtimes
     batches = [_batch(count, seed) for seed, count in enumerate((9, 9, 3, 9, 1, 9), start=10)]
@@ -86,6 +102,22 @@ def test_a_full_gpu_evicts_old_graphs_and_keeps_answering(runtimes, monkeypatch)
     got = graphed.predict(images, prompts, "bridge_orig")
     assert len(graphed.graphed._graphs) == 1  # only the new shape is left
     np.testing.assert_array_equal(got.token_ids, eager.predict(images, prompts, "bridge_orig").token_ids)
+
+
+def test_a_policy_swapped_in_records_its_graphs_while_the_old_one_serves(checkpoint):
+    """The node's live swap: the new policy loads, compiles and records its graphs (``warm_up``) on the loader thread
+    while the serving policy keeps predicting on the inference thread; neither may fail, and both answer alike."""
+    from vla_node.backends import PolicySpec, load_policy
+
+    spec = PolicySpec(str(checkpoint), "native", device="cuda:0", dtype="bfloat16")
+    serving = load_policy(spec)
+    images, prompts = _batch(1, 50)
+    loaded, served, errors = load_while_serving(lambda: serving.predict(images, prompts, "bridge_orig"),
+                                                lambda: load_policy(spec))
+    assert errors == [] and served > 0
+    for policy in loaded:
+        np.testing.assert_array_equal(policy.predict(images, prompts, "bridge_orig"),
+                                      serving.predict(images, prompts, "bridge_orig"))
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (a model on the second one)")
