@@ -139,10 +139,10 @@ def graph(tiny_models, tmp_path_factory):
         assert result.clean, f"{name} node did not exit cleanly on SIGTERM ({result.code}); log:\n{result.log_tail}"
 
 
-def _first_facts_for(h: Harness, sec: int, timeout: float = 60.0) -> VisualFacts:
+def _first_facts_for(h: Harness, sec: int, timeout: float = 60.0, nanosec: int = 456) -> VisualFacts:
     def described():
         return next((m for _, m in h.received.facts_since(0) if m.header.stamp.sec == sec), None)
-    return h.wait_for(described, timeout, publish=lambda: h.image_pub.publish(h.frame(sec, 456)), period=0.2)
+    return h.wait_for(described, timeout, publish=lambda: h.image_pub.publish(h.frame(sec, nanosec)), period=0.2)
 
 
 @pytest.mark.parametrize("kind", ["raw", "jpeg"])
@@ -329,6 +329,20 @@ def test_a_frame_sent_again_is_described_once(graph):
     _first_facts_for(h, 6301)  # a later frame is described: the node is not stuck
     assert len([m for _, m in h.received.facts_since(0) if m.header.stamp.sec == 6300]) == 1
     assert h.wait_for(lambda: int(h.counters().get("frames_repeated", 0)) >= 5, 5)
+
+
+def test_frames_without_a_stamp_are_described_once_and_warned_about_once(graph):
+    """A camera leaving header.stamp at 0: the stamp is what tells frames apart, so the log must say why later such
+    frames get nothing."""
+    h: Harness = graph["raw"]
+    assert _first_facts_for(h, 0, nanosec=0) is not None
+    for _ in range(5):  # more unstamped frames, at 30 Hz each would be described if it counted as a new one
+        h.image_pub.publish(h.frame(0, 0))
+        time.sleep(0.1)
+    _first_facts_for(h, 6400)  # not stuck on the unstamped frames
+    assert len([m for _, m in h.received.facts_since(0) if m.header.stamp.sec == 0]) == 1
+    log = (graph["logs"] / "raw.log").read_text()
+    assert log.count("camera frame with header.stamp 0") == 1, log[-2000:]
 
 
 def test_max_new_tokens_too_small_for_the_schema_is_refused_with_the_minimum(graph):

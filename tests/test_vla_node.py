@@ -179,10 +179,12 @@ def test_official_prompt_one_action_per_frame_dry_run_by_default(vla: Harness):
     a = np.array([action.delta_xyz.x, action.delta_xyz.y, action.delta_xyz.z, action.delta_rpy.x, action.delta_rpy.y,
                   action.delta_rpy.z, action.gripper])
     assert np.all(a >= LOW - 1e-6) and np.all(a <= HIGH + 1e-6)
+    repeated = vla.counter("frames_repeated")
     for _ in range(8):  # the same frame again over several control ticks: never a second action
         vla.image_pub.publish(vla.frame(100))
         time.sleep(0.1)
     assert len(vla.actions_for(100)) == 1
+    assert vla.counter("frames_repeated") >= repeated + 6  # best-effort QoS: nearly all 8 arrive
 
 
 def test_mode_switch_fresh_and_stale_facts(vla: Harness, policy):
@@ -424,8 +426,8 @@ def test_without_a_checkpoint_choices_are_checked_at_once_and_the_first_load_com
 
 
 def test_a_start_up_checkpoint_held_back_by_its_unnorm_key_loads_once_the_key_is_set(vla: Harness, tmp_path):
-    """Started with a key the checkpoint lacks, the node serves nothing and says why; setting the key (only) loads
-    the policy, whose actions then come."""
+    """Started with a key the checkpoint lacks, the node serves nothing and says why; other parameters can be set
+    meanwhile; setting the key (only) loads the policy, whose actions then come."""
     log = tmp_path / "held.log"
     proc = start_node("vla_node.node", "vla.yaml", {"checkpoint": vla.checkpoint, "unnorm_key": "bridge",
                                                     "image_compressed": "false", "control_rate_hz": "10.0",
@@ -438,6 +440,10 @@ def test_a_start_up_checkpoint_held_back_by_its_unnorm_key_loads_once_the_key_is
         assert held.diagnostics.get("policy_id") == "none"
         assert all(key in held.diagnostics for key in VlaNode.counters), held.diagnostics  # every key from the start
         assert held.diagnostics["actions_published"] == held.diagnostics["frames_received"] == "0"
+        # other parameters are not the key's business: set while held back, and the policy stays held back
+        assert all(r.successful for r in held.set(dry_run=True, prompt_mode="none", control_rate_hz=10.0))
+        assert held.counter("actions_published") == 0 and held.diagnostics.get("policy_id") == "none"
+        assert "unnorm_key 'bridge'" in held.diagnostics_message
         assert held.set(unnorm_key="bridge_orig")[0].successful
         action = held.act(1100, timeout=60)
         assert action is not None and action.policy_id == vla.checkpoint, log.read_text()

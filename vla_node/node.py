@@ -12,8 +12,10 @@ its way in, else the serving one. Prompt parameters take effect on the next fram
 
 Facts (``supplement``/``placeholder`` modes): the newest valid facts for the current task stamped no later than the
 frame; their age is frame stamp - facts stamp (deterministic under replay). Older than ``facts_max_age_s`` (or none):
-``stale_facts_policy`` ``hold`` publishes nothing for that frame (the arm holds its pose) and ``none`` acts with the
-official prompt; both are counted. ``require_frame_facts`` waits for facts stamped exactly like the frame.
+``stale_facts_policy`` ``hold`` publishes nothing while they are (the arm holds its pose): the frame is acted on if
+fresh facts for it come before a newer frame replaces it; ``none`` acts at once with the official prompt. Either way
+the frame is counted once in ``stale_facts``. ``require_frame_facts`` waits for facts stamped exactly like the
+frame.
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ PARAMETERS: dict[str, ParamSpec] = {
     "placeholder_seed": ParamSpec(0, "placeholder seed; each frame uses (seed, frame stamp)", group="fusion"),
     "facts_max_age_s": ParamSpec(1.0, "facts older than this (frame stamp - facts stamp) are stale",
                                  float_range=(0.0, 3600.0)),
-    "stale_facts_policy": ParamSpec("hold", "stale or missing facts: hold (publish nothing for the frame) | none "
-                                            "(act with the official prompt)"),
+    "stale_facts_policy": ParamSpec("hold", "stale or missing facts: hold (no action until fresh facts come or a "
+                                            "newer frame replaces it) | none (act with the official prompt)"),
     "control_rate_hz": ParamSpec(5.0, "action rate (BridgeData v2 robot: 5 Hz); at most one action per frame",
                                  float_range=(0.1, 100.0)),
     "dry_run": ParamSpec(True, "flag every action dry_run (no hardware should execute it); false only on a robot"),
@@ -99,9 +101,9 @@ class FactsChoice:
 
 class VlaNode(ModelNode[PolicySpec, Policy]):
     model_noun = "policy"
-    counters = ("frames_received", "frames_dropped", "facts_received", "actions_published", "actions_clipped",
-                "stale_facts", "idle_ticks", "ticks_without_task_or_policy", "ticks_waiting_for_facts",
-                "placeholder_failures", "inference_errors")
+    counters = ("frames_received", "frames_dropped", "frames_repeated", "facts_received", "actions_published",
+                "actions_clipped", "stale_facts", "idle_ticks", "ticks_without_task_or_policy",
+                "ticks_waiting_for_facts", "placeholder_failures", "inference_errors")
 
     def __init__(self, **kwargs: Any):
         super().__init__(NODE_NAME, PARAMETERS, "actions", load_policy, preflight, check_choices, **kwargs)
@@ -182,14 +184,18 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate every change; start the background load for policy changes (Humble has no post-set callback)."""
         changes = {p.name: p.value for p in params if p.name in PARAMETERS}
-        owner = self._unnorm_key_owner(changes)  # once: a load ending meanwhile must not change whose key it is
+        policy_set = any(PARAMETERS[n].group == "policy" for n in changes)
+        # the unnorm key is checked only when it or the policy changes, so a prompt or dry_run change goes through
+        # also while the start-up checkpoint is held back; its owner is read once (a load ending meanwhile must not
+        # change whose key it is)
+        owner = self._unnorm_key_owner(changes) if policy_set or "unnorm_key" in changes else ""
         reason = self._check_changes(changes, owner)
         spec = self._policy_spec(changes)
-        policy_set = any(PARAMETERS[n].group == "policy" for n in changes)
         policy_changed = bool(spec.checkpoint) and policy_set
-        # the start-up checkpoint was held back (e.g. its unnorm key was wrong) and no policy came since
-        held_back = bool(spec.checkpoint) and not policy_changed and self._slot.target is None and bool(
-            self._startup_problem)
+        # the start-up checkpoint was held back (e.g. its unnorm key was wrong), no policy came since, and the key
+        # changes now: this change may be what it waited for
+        held_back = ("unnorm_key" in changes and bool(spec.checkpoint) and not policy_changed
+                     and self._slot.target is None and bool(self._startup_problem))
         if reason is None and policy_set:
             reason = self._check_spec(spec)
         if reason:
@@ -201,7 +207,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         if policy_changed:
             self._request_model(spec)
         elif held_back:
-            self._load_initial_model(spec, "/path/to/openvla-7b")  # this change may be what it waited for
+            self._load_initial_model(spec, "/path/to/openvla-7b")
         if any(PARAMETERS[n].group == "fusion" for n in changes):
             self._fusion = self._fusion_config(changes)
         if "control_rate_hz" in changes:
@@ -213,7 +219,12 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
     # ---- inputs ---------------------------------------------------------------------------------------------
     def _on_frame(self, frame: CameraFrame) -> None:
         with self._cond:
-            if self._frame is not None and self._frame.stamp_ns != self._acted_stamp:
+            pending = self._frame if self._frame is not None and self._frame.stamp_ns != self._acted_stamp else None
+            if frame.stamp_ns in (self._acted_stamp, pending.stamp_ns if pending else None):
+                # the same frame again (a lockstep replay re-sends a frame it heard nothing about): one action a frame
+                self.health.count("frames_repeated")
+                return
+            if pending is not None:
                 self.health.count("frames_dropped")  # replaced before it was acted on
             self._frame = frame
 

@@ -3,7 +3,8 @@ decoded.
 
 WHY one place: both nodes must follow the graph's camera names and sensor QoS, and treat a corrupt frame the same
 way: count it by kind in /diagnostics, log each kind once (a broken camera would otherwise flood the log at frame
-rate) and keep running.
+rate) and keep running. Both nodes also tell frames apart by ``header.stamp`` (a lockstep replay re-sends a frame
+with its stamp, and it must not be acted on twice), so a camera that leaves the stamp at zero is warned about once.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class CameraInput:
                  on_frame: Callable[[CameraFrame], None]) -> None:
         self._node, self._health, self._on_frame = node, health, on_frame
         self._kinds_logged: set[str] = set()
+        self._unstamped_logged = False
         if compressed:
             node.create_subscription(CompressedImage, "camera/image_raw/compressed",
                                      lambda msg: self._on_message(msg, compressed_imgmsg_to_rgb), SENSOR_QOS)
@@ -61,4 +63,11 @@ class CameraInput:
                 self._node.get_logger().warning(f"dropping undecodable frame ({exc}); further '{exc.kind}' frames "
                                                 "are only counted in /diagnostics")
             return
-        self._on_frame(CameraFrame(rgb, msg.header, received))
+        frame = CameraFrame(rgb, msg.header, received)
+        if frame.stamp_ns == 0 and not self._unstamped_logged:
+            self._unstamped_logged = True
+            self._node.get_logger().warning(
+                "camera frame with header.stamp 0: frames are told apart by their stamp, so later frames stamped 0 "
+                "are taken for this one again and ignored (counted in frames_repeated); stamp the images in the "
+                "camera driver")
+        self._on_frame(frame)
