@@ -48,6 +48,7 @@ GROUND_TRUTH_TOPIC = topics.ACTION  # copied into the record (not published): pr
 # Between the last stamp of one bag and the first of the next in a run: far beyond any facts age a node accepts, so
 # no node ever fuses one bag's facts into the next bag's frames, not even as "recent" facts.
 BAG_GAP_NS = 3600 * 10**9
+_DIAGNOSTIC_LEVELS = {0: "OK", 1: "WARN", 2: "ERROR", 3: "STALE"}
 
 
 @dataclasses.dataclass
@@ -239,6 +240,22 @@ class _Recorder:
             self.outputs.append((topic, received, msg, raw))
             self.lock.notify_all()
 
+    def node_problems(self) -> str:
+        """What the nodes last said on /diagnostics that is not OK (why nothing answers, e.g. a rejected
+        checkpoint), as one line."""
+        latest: dict[str, object] = {}
+        with self.lock:
+            for topic, _, msg, _ in self.outputs:
+                if topic == topics.DIAGNOSTICS:
+                    latest.update((status.name, status) for status in msg.status)
+        problems = [f"{name} [{_DIAGNOSTIC_LEVELS.get(int(status.level), status.level)}] {status.message}"
+                    for name, status in sorted(latest.items()) if int(status.level) != 0]
+        if problems:
+            return "The nodes' /diagnostics say: " + "; ".join(problems)
+        if latest:
+            return "No node reports a problem on /diagnostics (a longer --startup-timeout for large models?)"
+        return "Nothing was heard on /diagnostics either: are the nodes running in this ROS_DOMAIN_ID?"
+
     def wait_outputs(self, stamp: int, required: tuple[str, ...], timeout: float, republish_after: float,
                      republish) -> bool:
         """Wait until every ``required`` output topic has a message stamped ``stamp``; call ``republish()`` while
@@ -421,7 +438,12 @@ def _replay_bag(player: _Player, recorder: _Recorder, plan: BagPlan, config: Rep
             timed_out = not recorder.wait_outputs(
                 stamp, required, timeout, config.republish_after_s,
                 lambda: player.publisher(live, item.msgtype).publish(item.raw))
-            first_action_pending = first_action_pending and timed_out
+            if timed_out and first_action_pending:
+                # nothing ever answered: every later frame would wait as long (a bad checkpoint, device, ...)
+                raise TimeoutError(
+                    f"no {' and no '.join(required)} for the first frame within --startup-timeout {timeout:g} s: "
+                    f"the nodes are not serving. {recorder.node_problems()}")
+            first_action_pending = False
         pending.append(_Published(len(pending), stamp, stamp - offset, task, published, timed_out))
     time.sleep(config.drain_s)
     outputs = recorder.close()
@@ -540,7 +562,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lockstep: seconds to wait for a frame's action; a timeout is recorded and the replay "
                              f"goes on (default {ReplayConfig.action_timeout_s:g})")
     parser.add_argument("--startup-timeout", type=float, default=ReplayConfig.startup_timeout_s,
-                        help="lockstep: the same for the first action, while the models may still be loading "
+                        help="lockstep: the same for the first frame, while the models may still be loading; "
+                             "nothing by then ends the replay with what the nodes' /diagnostics say "
                              f"(default {ReplayConfig.startup_timeout_s:g})")
     parser.add_argument("--discovery-timeout", type=float, default=ReplayConfig.discovery_timeout_s,
                         help="seconds to wait for a node to subscribe to the camera topic "

@@ -483,9 +483,31 @@ def test_lockstep_replay_through_the_running_nodes_records_one_output_per_frame(
     assert len(lines) == frames
 
 
+def test_a_lockstep_replay_nothing_answers_ends_at_the_first_frame_with_the_nodes_diagnostics(converted, tiny_models,
+                                                                                             tmp_path):
+    """A vla node holding its checkpoint back (an unnorm key it lacks) never acts: the replay must not wait the
+    start-up timeout on every frame, but end at once with what the node says is wrong."""
+    from offline.replay import ReplayConfig, replay
+
+    vla = start_node("vla_node.node", "vla.yaml", {"checkpoint": str(tiny_models / "openvla_tiny"), "device": "cpu",
+                                                   "unnorm_key": "bridge"}, tmp_path / "vla.log")
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError, match="for the first frame within --startup-timeout 5 s") as raised:
+            replay(ReplayConfig(manifest=converted.out_dir, episodes="0:1", max_frames=3, out=tmp_path / "run",
+                                startup_timeout_s=5.0, action_timeout_s=5.0))
+    finally:
+        stopped = stop_nodes({"vla": (vla, tmp_path / "vla.log")}, signal.SIGINT)
+    assert stopped["vla"].clean, stopped["vla"].log_tail
+    assert "/vla: actions [ERROR]" in str(raised.value) and "unnorm_key 'bridge'" in str(raised.value), raised.value
+    assert time.monotonic() - started < 60  # one start-up timeout, not one per frame
+
+
 def test_lockstep_replay_of_two_bags_with_one_task_fuses_only_each_frames_own_facts(converted, tiny_models, tmp_path):
     """Converted bags all start at the same stamp: replayed in one run, the second bag's frames must not be
-    answered with the facts the first bag's frames got (same task, same stamps) nor linked to its outputs."""
+    answered with the facts the first bag's frames got (same task, same stamps) nor linked to its outputs. Nor may
+    a second run of the same bags, against the same running nodes, be answered with the first run's facts; and it
+    gives the first run's record."""
     import shutil
 
     from offline.replay import ReplayConfig, replay
@@ -498,20 +520,24 @@ def test_lockstep_replay_of_two_bags_with_one_task_fuses_only_each_frames_own_fa
     supplementor, vla = _start_suite(tiny_models, tmp_path, prompt_mode="supplement", require_frame_facts="true",
                                      fuse_invalid_facts="true", control_rate_hz="30.0")
     try:
-        result = replay(ReplayConfig(bags=bags, max_frames=frames, out=tmp_path / "lockstep", action_timeout_s=20.0,
-                                     startup_timeout_s=60.0))
+        runs = [replay(ReplayConfig(bags=bags, max_frames=frames, out=tmp_path / name, action_timeout_s=20.0,
+                                    startup_timeout_s=60.0)) for name in ("lockstep", "again")]
     finally:
         stopped = stop_nodes({"supplementor": (supplementor, tmp_path / "supplementor.log"),
                               "vla": (vla, tmp_path / "vla.log")}, signal.SIGINT)
     logs = "\n".join(f"--- {name} (exit {s.code})\n{s.log_tail[-3000:]}" for name, s in stopped.items())
-    timing = [(f["bag"], f["frame"], f["timing"]) for f in result.frames]
-    assert result.summary["timeouts"] == 0, logs
-    for entry in result.frames:
-        assert entry["facts_for_frame"] == 1 and entry["actions_for_frame"] == 1, (timing, logs)
-        assert entry["action"]["prompt_mode"] == "supplement"
-        # require_frame_facts: the VLA acts on a frame only once its facts exist, so they are heard first
-        assert entry["timing"]["facts_wait_s"] < entry["timing"]["action_wait_s"], \
-            f"{entry['bag']} frame {entry['frame']} was acted on before its own facts came: {timing}"
+    for result in runs:
+        timing = [(f["bag"], f["frame"], f["timing"]) for f in result.frames]
+        assert result.summary["timeouts"] == 0, logs
+        for entry in result.frames:
+            assert entry["facts_for_frame"] == 1 and entry["actions_for_frame"] == 1, (timing, logs)
+            assert entry["action"]["prompt_mode"] == "supplement"
+            # require_frame_facts: the VLA acts on a frame only once its facts exist, so they are heard first
+            assert entry["timing"]["facts_wait_s"] < entry["timing"]["action_wait_s"], \
+                f"{result.out.name}: {entry['bag']} frame {entry['frame']} was acted on before its facts came: {timing}"
+    first, again = ([(f["stamp_ns"], f["action"]["raw"]) for f in result.frames] for result in runs)
+    assert again == first, "the same bags replayed again gave another record"
+    result = runs[0]
     stamps = [f["stamp_ns"] for f in result.frames]
     assert len(set(stamps)) == len(stamps) == 2 * frames
     assert [(f["bag"], f["step"]) for f in result.frames] == [(b.name, s) for b in bags for s in range(frames)]

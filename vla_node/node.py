@@ -15,7 +15,8 @@ frame; their age is frame stamp - facts stamp (deterministic under replay). Olde
 ``stale_facts_policy`` ``hold`` publishes nothing while they are (the arm holds its pose): the frame is acted on if
 fresh facts for it come before a newer frame replaces it; ``none`` acts at once with the official prompt. Either way
 the frame is counted once in ``stale_facts``. ``require_frame_facts`` waits for facts stamped exactly like the
-frame.
+frame. When frame stamps go back (the same bags replayed again, a looped bag), the facts heard before that frame are
+forgotten: they are the earlier pass's, and with the same stamps they would be fused into this pass's frames.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         self._frame: CameraFrame | None = None
         self._acted_stamp: int | None = None  # stamp of the last frame acted on (never re-used)
         self._stale_counted_stamp: int | None = None
-        self._facts: deque[VisualFacts] = deque(maxlen=_FACTS_KEPT)
+        self._facts: deque[tuple[float, VisualFacts]] = deque(maxlen=_FACTS_KEPT)  # (monotonic receipt, facts)
         self._ticks = 0
         self._action_rate = RollingRate(window_s=10.0)
         self._unnorm_keys: dict[str, str] = {}  # checkpoint -> the unnorm key its actions are un-normalised with
@@ -226,7 +227,16 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
                 return
             if pending is not None:
                 self.health.count("frames_dropped")  # replaced before it was acted on
+            if self._frame is not None and frame.stamp_ns < self._frame.stamp_ns:
+                self._forget_facts_before(frame)
             self._frame = frame
+
+    def _forget_facts_before(self, frame: CameraFrame) -> None:
+        """Stamps went back: drop the facts heard before ``frame`` (an earlier pass's); called with the lock held."""
+        kept = [(received, facts) for received, facts in self._facts if received >= frame.received]
+        self.get_logger().info(f"frame stamps went back ({self._frame.stamp_ns} -> {frame.stamp_ns} ns): a new pass "
+                               f"over the frames; {len(self._facts) - len(kept)} facts heard before it forgotten")
+        self._facts = deque(kept, maxlen=_FACTS_KEPT)
 
     def _on_task(self, msg: String) -> None:
         with self._cond:
@@ -236,7 +246,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
 
     def _on_facts(self, msg: VisualFacts) -> None:
         with self._cond:
-            self._facts.append(msg)
+            self._facts.append((time.monotonic(), msg))
         self.health.count("facts_received")
 
     def _on_tick(self) -> None:
@@ -250,7 +260,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         if mode == "none":
             return FactsChoice("none")
         fuse_invalid = bool(self._param("fuse_invalid_facts"))
-        for_task = [f for f in self._facts if f.task == self._task and stamp_ns(f.header.stamp) <= frame.stamp_ns]
+        for_task = [f for _, f in self._facts if f.task == self._task and stamp_ns(f.header.stamp) <= frame.stamp_ns]
         usable = [f for f in for_task if f.valid or fuse_invalid]
         if self._param("require_frame_facts"):
             exact = [f for f in usable if stamp_ns(f.header.stamp) == frame.stamp_ns]
