@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from task_supplementor.cli_args import positive_float, positive_int
+
 
 def _convert_row(data_dir: Path, out: Path, storage: str, workers: int) -> tuple[str, float, float, float]:
     from offline.convert import ConvertConfig, convert
@@ -67,10 +69,12 @@ def _replay_row(manifest_dir: Path, rate: float) -> tuple[str, float, float, flo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--episodes", type=int, default=8, help="synthetic train episodes")
-    parser.add_argument("--steps", type=int, default=30, help="steps per episode")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes for the parallel conversion row")
-    parser.add_argument("--replay-rate", type=float, default=1000.0, help="realtime rate factor for the replay row")
+    parser.add_argument("--episodes", type=positive_int, default=8, help="synthetic train episodes")
+    parser.add_argument("--steps", type=positive_int, default=30, help="steps per episode")
+    parser.add_argument("--workers", type=positive_int, default=2,
+                        help="worker processes for the parallel conversion row")
+    parser.add_argument("--replay-rate", type=positive_float, default=1000.0,
+                        help="realtime rate factor for the replay row")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to docs/benchmarks.md")
 
 

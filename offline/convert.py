@@ -26,6 +26,7 @@ import numpy as np
 from offline import bridge_layout as layout
 from offline.episode_bag import STORAGES, BagOptions, write_episode_bag
 from offline.manifest import EpisodeRecord, FailedRecord, Manifest, bag_checksum
+from task_supplementor.cli_args import positive_int
 
 PARTIAL_DIR = ".partial"  # under bags/: staging folders keep the bag's own name, so its files are named right
 CHUNK_EPISODES = 4  # episodes per worker task: small enough for a lively progress bar, large enough to amortise
@@ -254,7 +255,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="train | val")
     parser.add_argument("--episodes", default=None, metavar="START:STOP",
                         help="episode indices within the split (the number in the bag names): a range or one index")
-    parser.add_argument("--sample", type=int, default=None, help="random sample of N episodes (of the range)")
+    parser.add_argument("--sample", type=positive_int, default=None, help="random sample of N episodes (of the range)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--cameras", default=",".join(layout.CAMERAS),
                         help="comma-separated cameras to keep when present (default: all)")
@@ -264,7 +265,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bridge-orig", action="store_true",
                         help="apply OpenVLA's bridge_orig ground-truth conventions (drop the zero first step, "
                              "binarise the gripper, relabel deltas from the state); recorded in the manifest")
-    parser.add_argument("--workers", type=int, default=1, help="conversion processes")
+    parser.add_argument("--workers", type=positive_int, default=1, help="conversion processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--verify", action="store_true",
                         help="re-hash every journalled bag of the selection and redo those whose bytes changed "

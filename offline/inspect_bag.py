@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from offline.bag_io import ACTION_TYPE, FACTS_TYPE, IMAGE_TYPES, TASK_TYPE, bag_topics, read_bag, stamp_ns
+from task_supplementor.cli_args import positive_int
 
 TILE = 256
 PANEL_HEIGHT = 120  # at least, under each tile; more when a caption needs it
@@ -181,7 +182,7 @@ def _contact_sheet(frames, task_log, actions, facts, config: InspectConfig) -> P
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bag", type=Path, help="rosbag2 folder (converted episode or replay record)")
     parser.add_argument("--contact-sheet", type=Path, default=None, metavar="PNG", help="write a contact sheet")
-    parser.add_argument("--frames", type=int, default=InspectConfig.frames, help="frames on the contact sheet")
+    parser.add_argument("--frames", type=positive_int, default=InspectConfig.frames, help="frames on the contact sheet")
     parser.add_argument("--camera-topic", default=None, help="image topic for the contact sheet")
 
 

@@ -35,6 +35,7 @@ from offline.bag_io import BagMessage, bag_topics, read_bag, stamp_ns
 from offline.episode_bag import source_step
 from offline.replay_run import RunFolder
 from offline.typestore import typestore
+from task_supplementor.cli_args import positive_float, positive_int
 
 LIVE_CAMERA = "/camera/image_raw"
 LIVE_TASK = "/task"
@@ -548,24 +549,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep",
                         help="lockstep: frame t, then wait for its action (a deterministic record; default); "
                              "realtime: at the bag's timing times --rate")
-    parser.add_argument("--rate", type=float, default=1.0, help="realtime speed factor")
+    parser.add_argument("--rate", type=positive_float, default=1.0, help="realtime speed factor")
     parser.add_argument("--camera", default="image_0", help="bag camera that feeds /camera/image_raw[/compressed]")
     parser.add_argument("--remap", action="append", type=_parse_remap, default=[], metavar="FROM:=TO",
                         help="also publish bag topic FROM on live topic TO (repeatable)")
     parser.add_argument("--camera-topic", default=LIVE_CAMERA,
                         help=f"live camera topic the nodes listen on (default {LIVE_CAMERA}; compressed: +/compressed)")
     parser.add_argument("--task-topic", default=LIVE_TASK, help=f"live task topic (default {LIVE_TASK})")
-    parser.add_argument("--max-frames", type=int, default=None, help="frames per bag")
+    parser.add_argument("--max-frames", type=positive_int, default=None, help="frames per bag")
     parser.add_argument("--wait-facts", action="store_true",
                         help="lockstep: also wait for the frame's facts (when the VLA does not wait for them)")
-    parser.add_argument("--action-timeout", type=float, default=ReplayConfig.action_timeout_s,
+    parser.add_argument("--action-timeout", type=positive_float, default=ReplayConfig.action_timeout_s,
                         help="lockstep: seconds to wait for a frame's action; a timeout is recorded and the replay "
                              f"goes on (default {ReplayConfig.action_timeout_s:g})")
-    parser.add_argument("--startup-timeout", type=float, default=ReplayConfig.startup_timeout_s,
+    parser.add_argument("--startup-timeout", type=positive_float, default=ReplayConfig.startup_timeout_s,
                         help="lockstep: the same for the first frame, while the models may still be loading; "
                              "nothing by then ends the replay with what the nodes' /diagnostics say "
                              f"(default {ReplayConfig.startup_timeout_s:g})")
-    parser.add_argument("--discovery-timeout", type=float, default=ReplayConfig.discovery_timeout_s,
+    parser.add_argument("--discovery-timeout", type=positive_float, default=ReplayConfig.discovery_timeout_s,
                         help="seconds to wait for a node to subscribe to the camera topic "
                              f"(default {ReplayConfig.discovery_timeout_s:g})")
 

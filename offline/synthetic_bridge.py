@@ -21,6 +21,7 @@ import numpy as np
 
 from offline import bridge_layout as layout
 from offline.scene import IMAGE_SIZE, instruction_embedding, render_episode
+from task_supplementor.cli_args import non_negative_int, positive_int
 
 MIN_STEPS = 16  # per episode, for the CLIs (scene.py draws a pick-and-place in no fewer than 13)
 MISSING_CAMERA_EVERY = 3  # image_1 is absent in every third episode; image_2 is always absent (zero images)
@@ -153,11 +154,12 @@ def _parse_episodes(option: str, values: list[str]) -> tuple[tuple[str, int], ..
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True,
                         help="data dir; the dataset goes to OUT/bridge_dataset/1.0.0")
-    parser.add_argument("--episodes", type=int, default=SyntheticConfig.episodes, help="train episodes")
-    parser.add_argument("--val-episodes", type=int, default=SyntheticConfig.val_episodes, help="val episodes")
+    parser.add_argument("--episodes", type=non_negative_int, default=SyntheticConfig.episodes, help="train episodes")
+    parser.add_argument("--val-episodes", type=non_negative_int, default=SyntheticConfig.val_episodes,
+                        help="val episodes")
     parser.add_argument("--seed", type=int, default=SyntheticConfig.seed)
-    parser.add_argument("--min-steps", type=int, default=SyntheticConfig.min_steps)
-    parser.add_argument("--max-steps", type=int, default=SyntheticConfig.max_steps)
+    parser.add_argument("--min-steps", type=positive_int, default=SyntheticConfig.min_steps)
+    parser.add_argument("--max-steps", type=positive_int, default=SyntheticConfig.max_steps)
     parser.add_argument("--corrupt", action="append", default=[], metavar="SPLIT:INDEX",
                         help="truncate one JPEG of this episode (to exercise error handling); repeatable")
     parser.add_argument("--unlabeled", action="append", default=[], metavar="SPLIT:INDEX",

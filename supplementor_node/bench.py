@@ -32,6 +32,7 @@ from supplementor_node.prompt_spec import load_prompt_spec
 from supplementor_node.qwen_inputs import Prompt, QwenVLInputBuilder
 from supplementor_node.tiny_model import TinyQwenConfig, make_tiny_qwen
 from task_supplementor.facts import Limits
+from task_supplementor.cli_args import positive_int
 
 PATHS = ("generate", "static", "fast")
 
@@ -51,10 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="tiny mode: checkpoint dir to load (default: build a tiny one in a temp dir)")
     parser.add_argument("--device", default=None, help="default: cuda with --full-size, else cpu")
-    parser.add_argument("--image-size", type=int, default=256, help="square frame side in pixels (default 256)")
-    parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per frame (default 128)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[8, 32], help="throughput batch sizes")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
+    parser.add_argument("--image-size", type=positive_int, default=256,
+                        help="square frame side in pixels (default 256)")
+    parser.add_argument("--new-tokens", type=positive_int, default=128, help="tokens generated per frame (default 128)")
+    parser.add_argument("--batches", type=positive_int, nargs="+", default=[8, 32], help="throughput batch sizes")
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="timed repeats per measurement (median reported)")
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to docs/benchmarks.md")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from task_supplementor.up import NodeDied, SuiteProcesses
+from task_supplementor.cli_args import positive_int
 
 if TYPE_CHECKING:
     from offline.replay import ReplayConfig
@@ -132,6 +133,24 @@ def print_summary(summary: dict, run_dir: Path, sheet: Path | None, seconds: flo
     print("\n".join(lines), flush=True)
 
 
+def preflight_models(config: DemoConfig) -> None:
+    """The checks each node makes of its device, checkpoint and unnorm key at start, made before anything runs
+    (ValueError with the reason): a bad one is one line now, not nodes that never answer a replay."""
+    from supplementor_node.checkpoint_check import check_checkpoint_dir
+    from task_supplementor.devices import check_load_choices
+    from vla_node.backends import PolicySpec, preflight
+    from vla_node.backends.base import check_unnorm_key, norm_stats_of
+    from vla_node.node import PARAMETERS as VLA_PARAMETERS
+
+    check_load_choices("native", ("native",), config.device, "auto")  # one device, both models on it
+    if config.vla_checkpoint is not None:
+        vla = str(config.vla_checkpoint)
+        preflight(PolicySpec(vla, "native", device=config.device))
+        check_unnorm_key(norm_stats_of(vla), VLA_PARAMETERS["unnorm_key"].default, vla)  # what the node acts with
+    if config.supplementor_checkpoint is not None:
+        check_checkpoint_dir(str(config.supplementor_checkpoint))
+
+
 def replay_with_watchdog(suite: SuiteProcesses, replay_config) -> object:
     """Run the lockstep replay while watching the nodes: a node that dies ends the demo at once, named."""
     from offline.replay import replay
@@ -233,7 +252,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"BridgeData v2 split to convert and replay (default {defaults.split})")
     parser.add_argument("--episodes", default=defaults.episodes,
                         help="episodes of --split to convert and replay: START:STOP or one index")
-    parser.add_argument("--max-frames", type=int, default=None, help="frames per episode (default: all)")
+    parser.add_argument("--max-frames", type=positive_int, default=None, help="frames per episode (default: all)")
     parser.add_argument("--supplementor-checkpoint", type=Path, default=None,
                         help="a Qwen2.5-VL checkpoint dir (default: the tiny random one)")
     parser.add_argument("--vla-checkpoint", type=Path, default=None,
@@ -255,6 +274,11 @@ def run(args: argparse.Namespace) -> int:
         if path is not None and not path.exists():
             print(f"task-supplementor demo: {label} {path} does not exist", file=sys.stderr)
             return 2
+    try:
+        preflight_models(config)
+    except ValueError as error:
+        print(f"task-supplementor demo: {error}", file=sys.stderr)
+        return 2
     try:
         return run_demo(config)
     except NodeDied as died:

@@ -35,6 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from task_supplementor.cli_args import non_negative_int, positive_int
+from vla_node.checkpoint import CheckpointError
+
 PATHS = ("hf-generate", "native", "native-graphed")
 TASKS = ("put the carrot on the plate", "open the drawer", "move the yellow cup to the left side of the table",
          "stack the blocks")
@@ -46,13 +49,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="a real OpenVLA checkpoint directory to load instead (e.g. openvla/openvla-7b)")
     parser.add_argument("--device", default=None, help="default: cuda when a GPU is available, else cpu")
-    parser.add_argument("--batch", type=int, nargs="+", default=None,
+    parser.add_argument("--batch", type=positive_int, nargs="+", default=None,
                         help="batched sizes (default 64 128 on GPU, 8 on CPU)")
-    parser.add_argument("--iters", type=int, default=None,
+    parser.add_argument("--iters", type=positive_int, default=None,
                         help="timed calls at batch 1 (default 30 GPU / 10 CPU); batched: iters // 6, at least 2")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (compilation, CUDA graphs)")
-    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
+    parser.add_argument("--warmup", type=non_negative_int, default=3,
+                        help="untimed calls first (compilation, CUDA graphs)")
+    parser.add_argument("--paths", type=_path_list, default=list(PATHS),
+                        help=f"comma-separated subset of {','.join(PATHS)} (default all)")
     parser.add_argument("--no-record", action="store_true", help="print the table only (no docs/benchmarks.md)")
+
+
+def _path_list(text: str) -> list[str]:
+    paths = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown or not paths:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or repr(text)}: paths are a comma-separated subset "
+                                         f"of {','.join(PATHS)}")
+    return paths
 
 
 def full_size_runtime(device: str):
@@ -219,16 +233,30 @@ def run(args: argparse.Namespace) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         print(f"bench vla: device {device} needs a CUDA GPU (torch.cuda.is_available() is False)")
         return 2
+    try:
+        torch.device(device)
+    except RuntimeError as error:
+        print(f"bench vla: --device {device}: {error}")
+        return 2
     on_gpu = device.startswith("cuda")
     batches = args.batch or ([64, 128] if on_gpu else [8])
     iters = args.iters or (30 if on_gpu else 10)
-    runtime, what = _load_runtime(args, device)
+    try:
+        runtime, what = _load_runtime(args, device)
+    except (CheckpointError, OSError, ValueError) as error:
+        print(f"bench vla: {error}")
+        return 2
+    if runtime.tokenizer is None:
+        print(f"bench vla: {args.checkpoint} has no tokenizer files (tokenizer.json / tokenizer.model): the "
+              "benchmark's prompts cannot be encoded")
+        return 2
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8) for _ in range(max(batches))]
     prompts = [f"In: What action should the robot take to {TASKS[i % len(TASKS)]}?\nOut:" for i in range(max(batches))]
     decoders = _decoders(runtime)
     rows, reference = [], None
-    for path in [p.strip() for p in args.paths.split(",") if p.strip()]:
+    failed = 0
+    for path in args.paths:
         try:
             single, single_ids = _actions_per_second(runtime, path, decoders[path], images[0], prompts[0], iters,
                                                      args.warmup)
@@ -247,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
             reference = ids if reference is None else reference
             rows.append(f"| {path} | {' | '.join(cells)} | {_share_of_same_ids(ids, reference)} |")
         except Exception as error:  # noqa: BLE001 - one failing path must not hide the others' numbers
+            failed += 1
             rows.append(f"| {path} | failed: {type(error).__name__}: {str(error)[:120]} |{' |' * (len(batches) + 1)}")
         print(rows[-1], flush=True)
     header = " | ".join(f"frames/s batch {b}: stream / model-only" for b in batches)
@@ -267,8 +296,10 @@ def run(args: argparse.Namespace) -> int:
              ">= 150 frames/s batched.")
     size = "full size" if args.full_size else (f"checkpoint {args.checkpoint.name}" if args.checkpoint else "tiny")
     title = f"VLA (OpenVLA) inference, {size} on {device}"
-    if args.no_record:
+    if args.no_record or failed == len(args.paths):
         print(table + "\n\n" + notes)
+        if failed == len(args.paths):
+            print("bench vla: every path failed; nothing recorded in docs/benchmarks.md")
     else:
         record_table(title, table, args.argv, notes)
-    return 0
+    return 1 if failed else 0
