@@ -34,7 +34,8 @@ def stamp_ns(msg) -> int:
 
 
 class BagReadError(ValueError):
-    """A folder rosbags cannot open as a bag (no metadata.yaml, a storage file missing, ...): said in one line."""
+    """A folder rosbags cannot open as a bag (no metadata.yaml, a storage file missing, ...) or a message in it that
+    cannot be decoded: said in one line."""
 
 
 @contextlib.contextmanager
@@ -55,11 +56,20 @@ def _open_reader(path: Path) -> Iterator[AnyReader]:
 
 
 def read_bag(path: Path, topics: set[str] | None = None, deserialize: bool = True) -> Iterator[BagMessage]:
-    """Messages of ``path`` in log-time order (optionally only ``topics``)."""
+    """Messages of ``path`` in log-time order (optionally only ``topics``); a message that cannot be decoded raises
+    BagReadError naming it."""
     with _open_reader(path) as reader:
         connections = [c for c in reader.connections if topics is None or c.topic in topics]
         for conn, log_ns, raw in reader.messages(connections=connections):
-            msg = reader.deserialize(raw, conn.msgtype) if deserialize else None
+            msg = None
+            if deserialize:
+                try:
+                    msg = reader.deserialize(raw, conn.msgtype)
+                except Exception as exc:  # noqa: BLE001 - rosbags raises several kinds for damaged CDR
+                    raise BagReadError(
+                        f"{path}: the message on {conn.topic} at log time {log_ns} ns cannot be decoded as "
+                        f"{conn.msgtype} ({type(exc).__name__}: {exc}); the bag is damaged (a converted bag: "
+                        "`task-supplementor convert` with --verify rewrites it)") from exc
             yield BagMessage(conn.topic, conn.msgtype, log_ns, bytes(raw), msg)
 
 

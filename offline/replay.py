@@ -400,9 +400,10 @@ def _replay_bag(player: _Player, recorder: _Recorder, plan: BagPlan, config: Rep
                 first_action_pending: bool, next_free_ns: int | None) -> tuple[list[dict], int | None]:
     """Publish one bag (see module docstring); returns its frame entries and the first stamp free after it."""
     lockstep = config.mode == "lockstep"
+    # read whole first: a damaged bag ends the replay at once, with no partial record of it
+    messages = list(read_bag(plan.path, topics=(set(plan.remaps) | {GROUND_TRUTH_TOPIC}) & set(plan.types)))
     player.wait_for_subscriber(plan.camera_live, plan.types[plan.camera][0], config.discovery_timeout_s, lockstep)
     recorder.open(config.out / "records" / plan.name if config.out else None, plan.record_topics())
-    messages = list(read_bag(plan.path, topics=(set(plan.remaps) | {GROUND_TRUTH_TOPIC}) & set(plan.types)))
     offset, next_free_ns = _stamp_offset(messages, next_free_ns)
     messages = [_restamped(m, offset) for m in messages]
     truths = {stamp_ns(m.msg): m for m in messages if m.topic == GROUND_TRUTH_TOPIC}
@@ -483,6 +484,10 @@ def replay(config: ReplayConfig) -> ReplayResult:
         raise ValueError(f"mode must be lockstep or realtime, not {config.mode!r}")
     if config.rate <= 0:
         raise ValueError("--rate must be > 0")
+    if config.max_frames is not None and config.max_frames < 1:
+        raise ValueError("--max-frames must be >= 1")
+    if min(config.action_timeout_s, config.startup_timeout_s, config.discovery_timeout_s) <= 0:
+        raise ValueError("the timeouts must be > 0")
     if config.resume and config.out is None:
         raise ValueError("--resume needs --out (the run to finish)")
     plans = [plan_bag(name, path, config) for name, path in select_bags(config)]

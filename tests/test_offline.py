@@ -286,8 +286,26 @@ def test_a_bag_folder_without_its_storage_file_is_a_one_line_error(converted, tm
         assert "is not a readable rosbag2 folder" in done.stderr and "Traceback" not in done.stderr, done.stderr
     done = _cli("inspect", str(converted.bag_path(_records(converted)[0])), "--frames", "0", "--contact-sheet",
                 str(tmp_path / "s.png"), check_rc=(2,))
-    assert "--frames >= 1" in done.stderr and "Traceback" not in done.stderr
+    assert "argument --frames: must be >= 1" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "s.png").exists()
+
+
+def test_a_bag_with_an_undecodable_message_is_a_one_line_error_and_leaves_no_record(converted, tmp_path):
+    import sqlite3
+
+    bag = tmp_path / "damaged"
+    shutil.copytree(converted.bag_path(_records(converted)[0]), bag)
+    with sqlite3.connect(next(bag.glob("*.db3"))) as db:  # three camera frames overwritten with two bytes
+        db.execute("UPDATE messages SET data = X'0001' WHERE id IN (SELECT m.id FROM messages m JOIN topics t "
+                   "ON m.topic_id = t.id WHERE t.name LIKE '%image_0%' ORDER BY m.timestamp LIMIT 3)")
+    done = _cli("inspect", str(bag), check_rc=(2,))
+    assert "cannot be decoded as sensor_msgs/msg/CompressedImage" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    out = tmp_path / "run"
+    done = _cli("replay", str(bag), "--out", str(out), "--discovery-timeout", "1", check_rc=(2,))
+    assert "message on /bridge/image_0/compressed at log time" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not any((out / "records").iterdir())  # nothing half-written: the same command runs again once mended
 
 
 def test_replay_episodes_are_indices_in_the_split_as_in_the_bag_names(converted, capsys):
