@@ -131,10 +131,12 @@ def _manifest_selection(config: ReplayConfig) -> list[tuple[str, Path]]:
 
     records = sorted((r for r in manifest.episodes.values() if wanted(r.split, r.index)),
                      key=lambda r: (r.split, r.index))
+    failures = sorted((f for f in manifest.failed.values() if wanted(f.split, f.index)), key=lambda f: f.name)
     if not records:
+        failed = "".join(f"; {f.name}: its conversion failed ({f.reason})" for f in failures)
         raise ValueError(f"{manifest.path} has no converted episode in the selection (split {config.split or 'any'}, "
-                         f"episodes {config.episodes or 'all'})")
-    for failure in sorted((f for f in manifest.failed.values() if wanted(f.split, f.index)), key=lambda f: f.name):
+                         f"episodes {config.episodes or 'all'}){failed}")
+    for failure in failures:
         print(f"replay: not replaying {failure.name}: its conversion failed ({failure.reason})", file=sys.stderr)
     damaged = [f"{r.name}: {reason}" for r in records if (reason := manifest.bag_damage(r)) is not None]
     if damaged:
