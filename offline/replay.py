@@ -290,18 +290,23 @@ class _Player:
         from task_supplementor.ros.qos import RELIABLE_QOS
 
         self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("task_supplementor_replay", context=self.context)
-        for topic, msgtype in OUTPUT_TOPICS.items():
-            qos = 10 if topic == topics.DIAGNOSTICS else RELIABLE_QOS
-            self.node.create_subscription(_msg_class(msgtype), topic,
-                                          lambda raw, topic=topic: recorder.on_output(topic, raw), qos, raw=True)
+        self.node = self.executor = self.thread = None
         self.publishers: dict[str, object] = {}
         self.matched: set[str] = set()
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, name="replay-spin", daemon=True)
-        self.thread.start()
+        try:  # a Ctrl-C (or an error) half-way must not leave a DDS participant behind the process's exit
+            rclpy.init(context=self.context)
+            self.node = rclpy.create_node("task_supplementor_replay", context=self.context)
+            for topic, msgtype in OUTPUT_TOPICS.items():
+                qos = 10 if topic == topics.DIAGNOSTICS else RELIABLE_QOS
+                self.node.create_subscription(_msg_class(msgtype), topic,
+                                              lambda raw, topic=topic: recorder.on_output(topic, raw), qos, raw=True)
+            self.executor = SingleThreadedExecutor(context=self.context)
+            self.executor.add_node(self.node)
+            self.thread = threading.Thread(target=self.executor.spin, name="replay-spin", daemon=True)
+            self.thread.start()
+        except BaseException:
+            self.close()
+            raise
 
     def publisher(self, topic: str, msgtype: str):
         from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
@@ -331,12 +336,17 @@ class _Player:
                            f"this ROS_DOMAIN_ID, with image_compressed matching the bag's images?")
 
     def close(self) -> None:
+        """Stop spinning and leave the graph; also for a player whose construction stopped half-way."""
         import rclpy
 
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-        self.thread.join(timeout=5)
+        if self.executor is not None:
+            self.executor.shutdown()
+        if self.node is not None:
+            self.node.destroy_node()
+        if self.context.ok():
+            rclpy.shutdown(context=self.context)
+        if self.thread is not None:
+            self.thread.join(timeout=5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -503,7 +513,7 @@ def replay(config: ReplayConfig) -> ReplayResult:
                   file=sys.stderr)
     todo = plans[len(run.bags_done):]
     recorder = _Recorder(config.storage)
-    player = _Player(recorder)
+    player: _Player | None = None
     # on a terminal a bar; in a log (ros2 launch, a batch job) a line per bag, which a \r-updated bar is not
     bar_shown = config.progress and sys.stderr.isatty()
     bar = tqdm(total=len(plans), initial=len(plans) - len(todo), unit="bag", desc=f"replay {config.mode}",
@@ -511,6 +521,7 @@ def replay(config: ReplayConfig) -> ReplayResult:
     first_frame_pending = True  # until this invocation hears an action, the next one may wait for models to load
     timeouts = sum(bool(f["timed_out"]) for f in run.frames)  # those of a resumed run's recorded bags
     try:
+        player = _Player(recorder)  # inside the try: a Ctrl-C while it starts still closes what it opened
         for plan in todo:
             started = time.monotonic()
             bag_frames, next_free_ns = _replay_bag(player, recorder, plan, config, first_frame_pending,
@@ -526,7 +537,8 @@ def replay(config: ReplayConfig) -> ReplayResult:
     finally:
         bar.close()
         recorder.close()
-        player.close()
+        if player is not None:
+            player.close()
     summary = _summary(run.frames, config, [plan.name for plan in plans], run.seconds)
     run.write_summary(summary)
     return ReplayResult(frames=run.frames, summary=summary, out=config.out)

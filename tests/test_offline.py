@@ -452,14 +452,27 @@ def test_a_replay_killed_midway_resumes_to_the_record_of_an_uninterrupted_run(co
 
 
 def test_ctrl_c_on_a_replay_says_how_to_finish_it_without_a_traceback(converted, tmp_path):
+    import rclpy
+
     bag = converted.bag_path(_records(converted)[0])
     process = subprocess.Popen([sys.executable, "-m", "task_supplementor.cli", "replay", str(bag), "--out",
                                 str(tmp_path / "run"), "--discovery-timeout", "120"], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert poll(lambda: (tmp_path / "run" / "run.json").is_file(), 60), "the replay never started"
-    time.sleep(0.5)  # waiting for a camera subscriber that never comes
+    rclpy.init()
+    try:  # Ctrl-C once the replay is in the graph, waiting for a camera subscriber that never comes (a signal in the
+        # first moments, while the middleware starts, can end the process by the signal itself: not what this tests)
+        watcher = rclpy.create_node("replay_watcher")
+        in_graph = poll(lambda: "task_supplementor_replay" in watcher.get_node_names(), 60)
+        watcher.destroy_node()
+    finally:
+        rclpy.shutdown()
+    assert in_graph and (tmp_path / "run" / "run.json").is_file(), "the replay never started"
+    time.sleep(0.3)  # past the subscriber check's first round
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()  # never left running to answer the next tests' nodes (a no-op once it has exited)
     assert process.returncode == 130, err
     assert "replay: interrupted" in err and "--resume" in err and "Traceback" not in err, err
 
