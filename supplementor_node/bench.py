@@ -31,8 +31,8 @@ import numpy as np
 from supplementor_node.prompt_spec import load_prompt_spec
 from supplementor_node.qwen_inputs import Prompt, QwenVLInputBuilder
 from supplementor_node.tiny_model import TinyQwenConfig, make_tiny_qwen
-from task_supplementor.facts import Limits
 from task_supplementor.cli_args import positive_int
+from task_supplementor.facts import Limits
 
 PATHS = ("generate", "static", "fast")
 

@@ -18,8 +18,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from task_supplementor.cli_args import non_negative_int
 from task_supplementor.facts import FactsOutcome, Limits, evaluate_output
-from task_supplementor.cli_args import positive_int
 
 
 @dataclass
@@ -137,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Limits()
     for name in ("max_objects", "max_relations", "max_attributes", "max_supplement_chars",
                  "max_supplement_tokens", "max_task_ngram"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=positive_int, default=getattr(defaults, name),
+        parser.add_argument(f"--{name.replace('_', '-')}", type=non_negative_int, default=getattr(defaults, name),
                             help=f"(default {getattr(defaults, name)})")
 
 
