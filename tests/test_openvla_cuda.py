@@ -10,6 +10,8 @@ recording its graphs while another one serves (the node's live swap).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -106,15 +108,19 @@ def test_a_full_gpu_evicts_old_graphs_and_keeps_answering(runtimes, monkeypatch)
 
 def test_a_policy_swapped_in_records_its_graphs_while_the_old_one_serves(checkpoint):
     """The node's live swap: the new policy loads, compiles and records its graphs (``warm_up``) on the loader thread
-    while the serving policy keeps predicting on the inference thread; neither may fail, and both answer alike."""
+    while the serving policy keeps predicting on the inference thread, with a new prompt width on every frame (9
+    widths, more than the 8 graphs kept: the serving side records a graph per frame too); neither may fail, and both
+    answer alike."""
     from vla_node.backends import PolicySpec, load_policy
 
     spec = PolicySpec(str(checkpoint), "native", device="cuda:0", dtype="bfloat16")
     serving = load_policy(spec)
-    images, prompts = _batch(1, 50)
-    loaded, served, errors = load_while_serving(lambda: serving.predict(images, prompts, "bridge_orig"),
+    images = _batch(1, 50)[0]
+    widths = itertools.cycle([[official_prompt("stack " + " ".join(["red"] * (8 + 16 * k)))] for k in range(9)])
+    loaded, served, errors = load_while_serving(lambda: serving.predict(images, next(widths), "bridge_orig"),
                                                 lambda: load_policy(spec))
     assert errors == [] and served > 0
+    prompts = _batch(1, 50)[1]
     for policy in loaded:
         np.testing.assert_array_equal(policy.predict(images, prompts, "bridge_orig"),
                                       serving.predict(images, prompts, "bridge_orig"))

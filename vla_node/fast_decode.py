@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from task_supplementor.cuda_graphs import capture_graph
+from task_supplementor.cuda_graphs import capture_graph, capture_lock
 from vla_node.prompting import with_empty_token
 from vla_node.swiglu_gemm import MIN_ROWS, fused_swiglu_available, swiglu_product, swiglu_reference
 from vla_node.vit import block_forward
@@ -336,10 +336,11 @@ class GraphedGreedyDecoder:
         device = self.runtime.device
         available = lambda: (torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)  # noqa: E731
                              - torch.cuda.memory_allocated(device))  # free on the card + cached by torch, unused
-        while self._graphs and available() < need:
-            self._graphs.popitem(last=False)
-            gc.collect()
-            torch.cuda.empty_cache()
+        with capture_lock:  # emptying the cache while another thread records a graph is refused
+            while self._graphs and available() < need:
+                self._graphs.popitem(last=False)
+                gc.collect()
+                torch.cuda.empty_cache()
         if not self._graphs:  # the shared pool died with its last graph; capturing into it again is an error
             self._pool = torch.cuda.graph_pool_handle()
 
