@@ -44,6 +44,9 @@ def _open_reader(path: Path) -> Iterator[AnyReader]:
     from rosbags.highlevel import AnyReader, AnyReaderError
     from rosbags.rosbag2 import ReaderError
 
+    if Path(path).is_dir() and not (Path(path) / "metadata.yaml").is_file():  # rosbags says only "the folder"
+        raise BagReadError(f"{path} is not a rosbag2 folder: it has no metadata.yaml (a bag folder holds its "
+                           "metadata.yaml beside the .db3/.mcap storage files)")
     try:
         reader = AnyReader([Path(path)], default_typestore=typestore())
         reader.open()

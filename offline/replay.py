@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from offline import topics
-from offline.bag_io import BagMessage, bag_topics, read_bag, stamp_ns
+from offline.bag_io import IMAGE_TYPES, BagMessage, bag_topics, read_bag, stamp_ns
 from offline.episode_bag import source_step
 from offline.replay_run import RunFolder
 from offline.typestore import typestore
@@ -97,7 +97,7 @@ def default_remaps(camera: str, types: dict[str, tuple[str, int]], camera_topic:
     elif raw in types:
         remaps[raw] = camera_topic
     else:
-        cams = sorted(t for t, (msgtype, _) in types.items() if msgtype.startswith("sensor_msgs/msg/"))
+        cams = sorted(t for t, (msgtype, _) in types.items() if msgtype in IMAGE_TYPES)
         raise ValueError(f"camera {camera!r} is not in the bag (image topics: {', '.join(cams) or 'none'})")
     return remaps
 

@@ -8,7 +8,10 @@ and reading resumes at the next episode.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import itertools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +19,8 @@ import cv2
 import numpy as np
 
 from offline import bridge_layout as layout
+
+_TF_FUNCTION_PREFIX = re.compile(r"^\{\{function_node [^}]*\}\}\s*")  # TF's text before the error itself
 
 
 class DatasetDirError(FileNotFoundError):
@@ -150,8 +155,16 @@ class BridgeSource:
                         yield SourceEpisodeError(split, index, str(exc))
                     index += 1
             except Exception as exc:  # noqa: BLE001 - a TFRecord read error; skip that record and reopen after it
-                yield SourceEpisodeError(split, index, f"{type(exc).__name__}: {exc}")
+                yield SourceEpisodeError(split, index, self._read_error(split, index, exc))
                 index += 1
+
+    def _read_error(self, split: str, index: int, exc: Exception) -> str:
+        """One line naming the shard file that holds episode ``index``: TensorFlow's text names only a byte offset
+        (after its graph-function noise), which says nothing about which of the release's 1024 files is damaged."""
+        info = self.builder.info.splits[split]
+        shard = info.filepaths[bisect.bisect_right(list(itertools.accumulate(info.shard_lengths)), index)]
+        text = _TF_FUNCTION_PREFIX.sub("", str(exc)).split(" [Op:")[0].strip()
+        return f"{type(exc).__name__} reading {shard}: {text}"
 
 
 def _runs(indices: list[int]) -> Iterator[tuple[int, int]]:

@@ -117,6 +117,27 @@ def test_corrupt_episode_is_reported_and_skipped(converted):
     assert not (converted.out_dir / "bags" / "train" / failure.name).exists()
 
 
+
+def test_a_damaged_tfrecord_names_its_shard_and_the_rest_converts(synthetic_bridge, converted, tmp_path):
+    """A byte flipped inside the train shard (a CRC failure, as a bad disk or an interrupted copy gives): that record's
+    episode is journalled as failed with the shard's file named (TensorFlow's own text gives only a byte offset),
+    and every other episode still converts to the same bags."""
+    data = tmp_path / "bridge"
+    shutil.copytree(synthetic_bridge, data)
+    (shard,) = (data / "bridge_dataset" / "1.0.0").glob("bridge_dataset-train.tfrecord-*")
+    damaged = bytearray(shard.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    shard.write_bytes(bytes(damaged))
+
+    manifest = _convert(data, tmp_path / "bags")
+    read_failures = [f for f in manifest.failed.values() if f.index != CORRUPT_INDEX]
+    assert len(read_failures) == 1, manifest.failed
+    reason = read_failures[0].reason
+    assert reason.startswith(f"DataLossError reading {shard}: corrupted record at "), reason
+    assert "function_node" not in reason
+    expected = {name: r.checksum for name, r in converted.episodes.items() if r.index != read_failures[0].index}
+    assert {name: r.checksum for name, r in manifest.episodes.items()} == expected
+
 def _kill_once(*args: str, when) -> None:
     """Run ``task-supplementor ARGS`` and SIGKILL it (no clean-up of its own) as soon as ``when()`` holds."""
     process = subprocess.Popen([sys.executable, "-m", "task_supplementor.cli", *args], cwd=REPO,
@@ -277,14 +298,26 @@ def test_inspect_reports_topics_tasks_and_draws_a_contact_sheet(converted, tmp_p
         assert sheet.size == (3 * 256, 2 * (256 + 120))
 
 
-def test_a_bag_folder_without_its_storage_file_is_a_one_line_error(converted, tmp_path):
+def test_a_bag_folder_without_its_files_or_camera_is_a_one_line_error(converted, tmp_path):
     bag = tmp_path / "no_db3"
     bag.mkdir()
     shutil.copy(converted.bag_path(_records(converted)[0]) / "metadata.yaml", bag)
     for command in (("inspect", str(bag)), ("replay", str(bag), "--discovery-timeout", "1")):
         done = _cli(*command, check_rc=(2,))
         assert "is not a readable rosbag2 folder" in done.stderr and "Traceback" not in done.stderr, done.stderr
-    done = _cli("inspect", str(converted.bag_path(_records(converted)[0])), "--frames", "0", "--contact-sheet",
+    no_metadata = tmp_path / "no_metadata"
+    no_metadata.mkdir()
+    shutil.copy(next(converted.bag_path(_records(converted)[0]).glob("*.db3")), no_metadata)
+    for command in (("inspect", str(no_metadata)), ("replay", str(no_metadata), "--discovery-timeout", "1")):
+        done = _cli(*command, check_rc=(2,))
+        assert f"{no_metadata} is not a rosbag2 folder: it has no metadata.yaml" in done.stderr, done.stderr
+    record = _records(converted)[0]
+    missing = next(cam for cam in ("image_0", "image_1", "image_2", "image_3") if cam not in record.cameras)
+    done = _cli("replay", str(converted.bag_path(record)), "--camera", missing, "--discovery-timeout", "1",
+                check_rc=(2,))
+    listed = ", ".join(sorted(topics.camera_topic(cam, True) for cam in record.cameras))
+    assert f"camera {missing!r} is not in the bag (image topics: {listed})" in done.stderr, done.stderr
+    done = _cli("inspect", str(converted.bag_path(record)), "--frames", "0", "--contact-sheet",
                 str(tmp_path / "s.png"), check_rc=(2,))
     assert "argument --frames: must be >= 1" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "s.png").exists()
