@@ -259,10 +259,24 @@ class _Recorder:
             return "No node reports a problem on /diagnostics (a longer --startup-timeout for large models?)"
         return "Nothing was heard on /diagnostics either: are the nodes running in this ROS_DOMAIN_ID?"
 
+    def answered_before_run(self, stamp: int, heard_before_ns: int) -> list[str]:
+        """The statuses (nodes) that, in /diagnostics heard before ``heard_before_ns``, last answered a frame stamped
+        ``stamp``. Asked about a run's first frame that got no answer: a node answers a stamp once, so one that
+        answered it in an earlier run takes it for that frame sent again. (A node publishes its answer before the
+        status that reports it: with ``heard_before_ns`` a few seconds back, this run's own answer would be here.)"""
+        latest: dict[str, object] = {}
+        with self.lock:
+            for topic, received, msg, _ in self.outputs:
+                if topic == topics.DIAGNOSTICS and received < heard_before_ns:
+                    latest.update((status.name, status) for status in msg.status)
+        return sorted(name for name, status in latest.items()
+                      if _field(status, "last_answered_stamp_ns") == str(stamp))
+
     def wait_outputs(self, stamp: int, required: tuple[str, ...], timeout: float, republish_after: float,
-                     republish) -> bool:
+                     republish, abandon=lambda: False) -> bool:
         """Wait until every ``required`` output topic has a message stamped ``stamp``; call ``republish()`` while
-        nothing at all about the frame was heard. False on timeout."""
+        nothing at all about the frame was heard. False on timeout, or once ``abandon()`` holds (checked every
+        ``republish_after`` s)."""
         def heard(topic_filter: tuple[str, ...]) -> set[str]:
             return {topic for topic, _, msg, _ in self.outputs if topic in topic_filter and stamp_ns(msg) == stamp}
 
@@ -273,10 +287,15 @@ class _Recorder:
                 if self.lock.wait_for(lambda: heard(required) == set(required), max(0.0, min(left, republish_after))):
                     return True
                 anything = heard((topics.ACTION_OUT, topics.FACTS_OUT))
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or abandon():
                 return False
             if not anything:
                 republish()
+
+
+def _field(status, key: str) -> str | None:
+    """The value of ``key`` in one diagnostic status (None when the status does not carry it)."""
+    return next((kv.value for kv in status.values if kv.key == key), None)
 
 
 class _Player:
@@ -449,9 +468,17 @@ def _replay_bag(player: _Player, recorder: _Recorder, plan: BagPlan, config: Rep
         if lockstep:
             timeout = config.startup_timeout_s if first_action_pending else config.action_timeout_s
             required = (topics.ACTION_OUT, topics.FACTS_OUT) if config.wait_facts else (topics.ACTION_OUT,)
+            answered_before = (lambda: recorder.answered_before_run(  # noqa: E731
+                stamp, time.time_ns() - int(config.republish_after_s * 1e9))) if first_action_pending else list
             timed_out = not recorder.wait_outputs(
                 stamp, required, timeout, config.republish_after_s,
-                lambda: player.publisher(live, item.msgtype).publish(item.raw))
+                lambda: player.publisher(live, item.msgtype).publish(item.raw), abandon=answered_before)
+            if timed_out and first_action_pending and (nodes := answered_before()):
+                raise TimeoutError(
+                    f"{' and '.join(nodes)} answered a frame stamped {stamp} ns last, before this run, and take "
+                    "this run's first frame, stamped the same, for that frame sent again (a node answers a stamp "
+                    "once): an earlier run ended on this frame (a one-frame run, run again; a run stopped at a "
+                    "bag's first frame, resumed). Restart the nodes and run the command again")
             if timed_out and first_action_pending:
                 # nothing ever answered: every later frame would wait as long (a bad checkpoint, device, ...)
                 raise TimeoutError(
@@ -605,7 +632,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         kept = (f"; the bags finished so far are recorded in {config.out}: the same command with --resume "
-                "finishes the run (restart the nodes first)") if config.out is not None else ""
+                "finishes the run") if config.out is not None else ""
         print(f"replay: interrupted{kept}", file=sys.stderr)
         return 130
     s = result.summary

@@ -568,6 +568,31 @@ def test_a_lockstep_replay_nothing_answers_ends_at_the_first_frame_with_the_node
     assert time.monotonic() - started < 60  # one start-up timeout, not one per frame
 
 
+def test_a_one_frame_run_replayed_again_is_told_to_restart_the_nodes(converted, tiny_models, tmp_path):
+    """Nodes answer a frame stamp once (a lockstep replay re-sends a frame it heard nothing about; a live camera
+    may repeat a frame): a second one-frame run of the same bag sends the very frame they answered last, and they
+    stay silent. The replay must say so within seconds, not wait out --startup-timeout and blame the nodes."""
+    from offline.replay import ReplayConfig, replay
+
+    supplementor, vla = _start_suite(tiny_models, tmp_path, prompt_mode="none", control_rate_hz="10.0")
+    try:
+        first = replay(ReplayConfig(manifest=converted.out_dir, episodes="0:1", max_frames=1, out=tmp_path / "one",
+                                    action_timeout_s=20.0, startup_timeout_s=60.0))
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="answered a frame stamped") as raised:
+            replay(ReplayConfig(manifest=converted.out_dir, episodes="0:1", max_frames=1, out=tmp_path / "again",
+                                action_timeout_s=60.0, startup_timeout_s=60.0))
+        waited = time.monotonic() - started
+    finally:
+        stop_nodes({"supplementor": (supplementor, tmp_path / "supplementor.log"),
+                    "vla": (vla, tmp_path / "vla.log")}, signal.SIGINT)
+    assert first.summary["timeouts"] == 0 and first.frames[0]["actions_for_frame"] == 1
+    message = str(raised.value)
+    assert f"/supplementor: visual facts and /vla: actions answered a frame stamped {first.frames[0]['stamp_ns']} ns" \
+        in message and "Restart the nodes" in message, message
+    assert waited < 30, f"{waited:.0f} s: the replay waited for the start-up timeout"
+
+
 def test_lockstep_replay_of_two_bags_with_one_task_fuses_only_each_frames_own_facts(converted, tiny_models, tmp_path):
     """Converted bags all start at the same stamp: replayed in one run, the second bag's frames must not be
     answered with the facts the first bag's frames got (same task, same stamps) nor linked to its outputs. Nor may

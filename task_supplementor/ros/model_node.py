@@ -61,6 +61,9 @@ class ModelNode(Node, Generic[S, T]):
         self._check_choices = check_choices
         self._cond = threading.Condition()  # guards the inputs the worker waits for, and _stopping
         self._task = ""
+        # header stamp of the frame answered last, in the status: a replay whose first frame has that stamp (an
+        # earlier run ended on it) is told why the node takes it for a frame sent again and stays silent
+        self._answered_stamp_ns: int | None = None
         self._stopping = False
         self._startup_problem = ""
         self._worker: threading.Thread | None = None
@@ -157,7 +160,9 @@ class ModelNode(Node, Generic[S, T]):
         _, model_id = self._slot.current
         serving = self._slot.serving_spec
         self.health.hardware_id = serving.device if serving is not None else self._param("device")
-        fields = {f"{self.model_noun}_id": model_id or "none", "task": self._task, **self._diagnostic_fields()}
+        answered = "none" if self._answered_stamp_ns is None else str(self._answered_stamp_ns)
+        fields = {f"{self.model_noun}_id": model_id or "none", "task": self._task,
+                  "last_answered_stamp_ns": answered, **self._diagnostic_fields()}
         for key, value in fields.items():
             self.health.set_field(key, value)
         report_model_slot(self.health, self._slot, self._startup_problem, f"no {self.model_noun} loaded")
