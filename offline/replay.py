@@ -468,8 +468,12 @@ def _replay_bag(player: _Player, recorder: _Recorder, plan: BagPlan, config: Rep
         if lockstep:
             timeout = config.startup_timeout_s if first_action_pending else config.action_timeout_s
             required = (topics.ACTION_OUT, topics.FACTS_OUT) if config.wait_facts else (topics.ACTION_OUT,)
-            answered_before = (lambda: recorder.answered_before_run(  # noqa: E731
-                stamp, time.time_ns() - int(config.republish_after_s * 1e9))) if first_action_pending else list
+
+            def answered_before() -> list[str]:  # only a run's first frame can have a stamp answered before the run
+                if not first_action_pending:
+                    return []
+                return recorder.answered_before_run(stamp, time.time_ns() - int(config.republish_after_s * 1e9))
+
             timed_out = not recorder.wait_outputs(
                 stamp, required, timeout, config.republish_after_s,
                 lambda: player.publisher(live, item.msgtype).publish(item.raw), abandon=answered_before)
