@@ -243,14 +243,20 @@ class _Recorder:
             self.outputs.append((topic, received, msg, raw))
             self.lock.notify_all()
 
+    def latest_statuses(self, heard_before_ns: int | None = None) -> dict[str, object]:
+        """Each node's (status name's) last /diagnostics status heard, optionally only among those heard before
+        ``heard_before_ns``."""
+        latest: dict[str, object] = {}
+        with self.lock:
+            for topic, received, msg, _ in self.outputs:
+                if topic == topics.DIAGNOSTICS and (heard_before_ns is None or received < heard_before_ns):
+                    latest.update((status.name, status) for status in msg.status)
+        return latest
+
     def node_problems(self) -> str:
         """What the nodes last said on /diagnostics that is not OK (why nothing answers, e.g. a rejected
         checkpoint), as one line."""
-        latest: dict[str, object] = {}
-        with self.lock:
-            for topic, _, msg, _ in self.outputs:
-                if topic == topics.DIAGNOSTICS:
-                    latest.update((status.name, status) for status in msg.status)
+        latest = self.latest_statuses()
         problems = [f"{name} [{_DIAGNOSTIC_LEVELS.get(int(status.level), status.level)}] {status.message}"
                     for name, status in sorted(latest.items()) if int(status.level) != 0]
         if problems:
@@ -264,12 +270,7 @@ class _Recorder:
         ``stamp``. Asked about a run's first frame that got no answer: a node answers a stamp once, so one that
         answered it in an earlier run takes it for that frame sent again. (A node publishes its answer before the
         status that reports it: with ``heard_before_ns`` a few seconds back, this run's own answer would be here.)"""
-        latest: dict[str, object] = {}
-        with self.lock:
-            for topic, received, msg, _ in self.outputs:
-                if topic == topics.DIAGNOSTICS and received < heard_before_ns:
-                    latest.update((status.name, status) for status in msg.status)
-        return sorted(name for name, status in latest.items()
+        return sorted(name for name, status in self.latest_statuses(heard_before_ns).items()
                       if _field(status, "last_answered_stamp_ns") == str(stamp))
 
     def wait_outputs(self, stamp: int, required: tuple[str, ...], timeout: float, republish_after: float,

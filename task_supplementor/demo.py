@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from task_supplementor.up import NodeDied, SuiteProcesses
 from task_supplementor.cli_args import positive_int
+from task_supplementor.up import NodeDied, SuiteProcesses
 
 if TYPE_CHECKING:
     from offline.replay import ReplayConfig
