@@ -269,8 +269,13 @@ class _Recorder:
         """The statuses (nodes) that, in /diagnostics heard before ``heard_before_ns``, last answered a frame stamped
         ``stamp``. Asked about a run's first frame that got no answer: a node answers a stamp once, so one that
         answered it in an earlier run takes it for that frame sent again. (A node publishes its answer before the
-        status that reports it: with ``heard_before_ns`` a few seconds back, this run's own answer would be here.)"""
-        return sorted(name for name, status in self.latest_statuses(heard_before_ns).items()
+        status that reports it: with ``heard_before_ns`` a few seconds back, this run's own answer would be here.)
+        Empty while a node heard from has no status that old yet: the answer names every node that took the frame,
+        not only the first one heard from."""
+        settled = self.latest_statuses(heard_before_ns)
+        if settled.keys() != self.latest_statuses().keys():
+            return []
+        return sorted(name for name, status in settled.items()
                       if _field(status, "last_answered_stamp_ns") == str(stamp))
 
     def wait_outputs(self, stamp: int, required: tuple[str, ...], timeout: float, republish_after: float,
