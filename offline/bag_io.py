@@ -44,14 +44,19 @@ def _open_reader(path: Path) -> Iterator[AnyReader]:
     from rosbags.highlevel import AnyReader, AnyReaderError
     from rosbags.rosbag2 import ReaderError
 
-    if Path(path).is_dir() and not (Path(path) / "metadata.yaml").is_file():  # rosbags says only "the folder"
+    if not Path(path).exists():
+        raise BagReadError(f"{path} does not exist")
+    if not Path(path).is_dir():  # rosbags would read a file as a ROS 1 bag and fail on its format
+        raise BagReadError(f"{path} is a file: a rosbag2 is a folder holding metadata.yaml and its .db3/.mcap "
+                           "storage files")
+    if not (Path(path) / "metadata.yaml").is_file():  # rosbags says only "the folder"
         raise BagReadError(f"{path} is not a rosbag2 folder: it has no metadata.yaml (a bag folder holds its "
                            "metadata.yaml beside the .db3/.mcap storage files)")
     try:
         reader = AnyReader([Path(path)], default_typestore=typestore())
         reader.open()
-    except (AnyReaderError, ReaderError, FileNotFoundError) as exc:
-        raise BagReadError(f"{path} is not a readable rosbag2 folder: {exc}") from exc
+    except (AnyReaderError, ReaderError, FileNotFoundError) as exc:  # one line: a YAML error spans several
+        raise BagReadError(f"{path} is not a readable rosbag2 folder: {' '.join(str(exc).split())}") from exc
     try:
         yield reader
     finally:

@@ -111,16 +111,10 @@ def settings_of(config: ConvertConfig, version_dir: Path) -> dict:
             "cameras": list(config.cameras), "control_hz": layout.CONTROL_HZ, "bag_version": 8}
 
 
-def _clean_leftovers(manifest: Manifest, split: str) -> None:
-    """Remove partial bags and finished-but-unjournalled ones: both are redone."""
+def _clean_partial(manifest: Manifest, split: str) -> None:
+    """Remove the bags an interrupted run left half-written. An unjournalled finished bag is replaced only when its
+    episode is converted again (``convert_episodes``): bags outside this run's selection stay, whoever wrote them."""
     shutil.rmtree(manifest.out_dir / "bags" / PARTIAL_DIR / split, ignore_errors=True)
-    split_dir = manifest.out_dir / "bags" / split
-    if not split_dir.is_dir():
-        return
-    journalled = {manifest.bag_path(r).resolve() for r in manifest.episodes.values()}
-    for entry in split_dir.iterdir():
-        if entry.is_dir() and entry.resolve() not in journalled:
-            shutil.rmtree(entry)
 
 
 def convert_episodes(source, split: str, indices: list[int], out_dir: Path,
@@ -202,7 +196,7 @@ def convert(config: ConvertConfig) -> ConvertResult:
     source = BridgeSource(config.data_dir)
     indices = select_indices(source.num_episodes(config.split), config.episodes, config.sample, config.seed)
     manifest = Manifest.open(config.out, settings_of(config, source.version_dir))
-    _clean_leftovers(manifest, config.split)
+    _clean_partial(manifest, config.split)
     redone = verify_journalled(manifest, config.split, indices, config.progress, config.verify)
     todo = [i for i in indices if episode_name(config.split, i) not in manifest.episodes
             or episode_name(config.split, i) in redone]
@@ -252,20 +246,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, required=True,
                         help="TFDS data_dir holding bridge_dataset/1.0.0 (or bridge_orig/1.0.0), or that folder")
     parser.add_argument("--out", type=Path, required=True, help="output folder (bags/ and manifest.jsonl)")
-    parser.add_argument("--split", default="train", help="train | val")
+    parser.add_argument("--split", default="train", help="train | val (default train)")
     parser.add_argument("--episodes", default=None, metavar="START:STOP",
-                        help="episode indices within the split (the number in the bag names): a range or one index")
+                        help="episode indices within the split (the number in the bag names): a range or one index "
+                             "(default: the whole split)")
     parser.add_argument("--sample", type=positive_int, default=None, help="random sample of N episodes (of the range)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     parser.add_argument("--cameras", default=",".join(layout.CAMERAS),
                         help="comma-separated cameras to keep when present (default: all)")
-    parser.add_argument("--storage", choices=sorted(STORAGES), default="sqlite3")
+    parser.add_argument("--storage", choices=sorted(STORAGES), default="sqlite3",
+                        help="rosbag2 storage plugin of the bags (default sqlite3)")
     parser.add_argument("--image-format", choices=("compressed", "raw"), default="compressed",
-                        help="compressed: the original JPEG bytes (CompressedImage); raw: decoded rgb8 Image")
+                        help="compressed: the original JPEG bytes (CompressedImage; default); raw: decoded rgb8 "
+                             "Image")
     parser.add_argument("--bridge-orig", action="store_true",
                         help="apply OpenVLA's bridge_orig ground-truth conventions (drop the zero first step, "
                              "binarise the gripper, relabel deltas from the state); recorded in the manifest")
-    parser.add_argument("--workers", type=positive_int, default=1, help="conversion processes")
+    parser.add_argument("--workers", type=positive_int, default=1, help="conversion processes (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--verify", action="store_true",
                         help="re-hash every journalled bag of the selection and redo those whose bytes changed "

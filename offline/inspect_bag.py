@@ -70,8 +70,11 @@ class BagReport:
 
 def _pick_camera(types: dict[str, tuple[str, int]], wanted: str | None) -> str | None:
     if wanted:
+        images = ", ".join(sorted(t for t, (msgtype, _) in types.items() if msgtype in IMAGE_TYPES)) or "none"
         if wanted not in types:
-            raise ValueError(f"camera topic {wanted!r} not in the bag (topics: {', '.join(sorted(types))})")
+            raise ValueError(f"camera topic {wanted!r} not in the bag (image topics: {images})")
+        if types[wanted][0] not in IMAGE_TYPES:
+            raise ValueError(f"{wanted} holds {types[wanted][0]}, not images (image topics: {images})")
         return wanted
     for topic in PREFERRED_CAMERAS:
         if topic in types:
@@ -85,6 +88,8 @@ def inspect_bag(path: Path, config: InspectConfig | None = None) -> BagReport:
     if config.contact_sheet is not None and (config.frames < 1 or config.columns < 1):
         raise ValueError(f"a contact sheet needs --frames >= 1 and columns >= 1 (got {config.frames}, "
                          f"{config.columns})")
+    if config.contact_sheet is not None:
+        _check_sheet_path(Path(config.contact_sheet))
     path = Path(path)
     types = bag_topics(path)
     camera = _pick_camera(types, config.camera_topic)
@@ -118,6 +123,21 @@ def inspect_bag(path: Path, config: InspectConfig | None = None) -> BagReport:
             raise ValueError(f"{path} has no image topic to draw a contact sheet from")
         report.contact_sheet = _contact_sheet(frames, task_log, actions, facts, config)
     return report
+
+
+def _check_sheet_path(sheet: Path) -> None:
+    """Refuse a contact-sheet path that cannot be written, before the bag is read (PIL's and the OS's own words
+    for these name neither the option nor the problem)."""
+    from PIL import Image
+
+    if sheet.is_dir():
+        raise ValueError(f"--contact-sheet {sheet} is a folder; give a file name, e.g. {sheet / 'sheet.png'}")
+    if sheet.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"--contact-sheet {sheet}: {sheet.suffix or 'no'} extension is not an image format "
+                         "(e.g. .png)")
+    folder = next((p for p in sheet.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise ValueError(f"--contact-sheet {sheet}: {folder} is a file, not a folder")
 
 
 def _task_at(task_log: list[tuple[int, str]], log_ns: int) -> str:
@@ -182,7 +202,8 @@ def _contact_sheet(frames, task_log, actions, facts, config: InspectConfig) -> P
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bag", type=Path, help="rosbag2 folder (converted episode or replay record)")
     parser.add_argument("--contact-sheet", type=Path, default=None, metavar="PNG", help="write a contact sheet")
-    parser.add_argument("--frames", type=positive_int, default=InspectConfig.frames, help="frames on the contact sheet")
+    parser.add_argument("--frames", type=positive_int, default=InspectConfig.frames,
+                        help="frames on the contact sheet (default %(default)s)")
     parser.add_argument("--camera-topic", default=None, help="image topic for the contact sheet")
 
 

@@ -115,6 +115,9 @@ class Manifest:
             path = path / MANIFEST_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {MANIFEST_NAME} at {path}: convert first (task-supplementor convert)")
+        if path.name != MANIFEST_NAME:  # bag paths are relative to the folder of a file of that name
+            raise FileNotFoundError(f"{path} is not a {MANIFEST_NAME}: give a conversion folder or its "
+                                    f"{MANIFEST_NAME}")
         raw = path.read_bytes()
         lines = raw.splitlines(keepends=True)
         torn = bool(lines) and not lines[-1].endswith(b"\n")

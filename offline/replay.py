@@ -138,6 +138,9 @@ def _manifest_selection(config: ReplayConfig) -> list[tuple[str, Path]]:
                          f"episodes {config.episodes or 'all'}){failed}")
     for failure in failures:
         print(f"replay: not replaying {failure.name}: its conversion failed ({failure.reason})", file=sys.stderr)
+    if stop is not None and len(records) + len(failures) < stop - start:
+        print(f"replay: episodes {config.episodes} name {stop - start} episode(s); {manifest.path} holds "
+              f"{len(records) + len(failures)} of them (convert the others first to replay them)", file=sys.stderr)
     damaged = [f"{r.name}: {reason}" for r in records if (reason := manifest.bag_damage(r)) is not None]
     if damaged:
         raise ValueError(f"bags that fail their check (convert again with the same options to redo them): "
@@ -537,12 +540,17 @@ def replay(config: ReplayConfig) -> ReplayResult:
         raise ValueError("--max-frames must be >= 1")
     if min(config.action_timeout_s, config.startup_timeout_s, config.discovery_timeout_s) <= 0:
         raise ValueError("the timeouts must be > 0")
+    if config.rate != 1.0 and config.mode != "realtime":
+        raise ValueError(f"--rate {config.rate:g} applies to --mode realtime only (lockstep waits for each action)")
     if config.resume and config.out is None:
         raise ValueError("--resume needs --out (the run to finish)")
+    _check_live_topics(config)
     plans = [plan_bag(name, path, config) for name, path in select_bags(config)]
     run = RunFolder(None)
     if config.out is not None:
         config.out = Path(config.out)
+        if config.resume and not (config.out / "run.json").is_file():
+            print(f"replay: --resume: {config.out} holds no run yet; starting one", file=sys.stderr)
         opened = RunFolder.resume if config.resume else RunFolder.start
         run = opened(config.out, run_settings(config, plans))
         if run.bags_done:
@@ -581,6 +589,23 @@ def replay(config: ReplayConfig) -> ReplayResult:
     return ReplayResult(frames=run.frames, summary=summary, out=config.out)
 
 
+def _check_live_topics(config: ReplayConfig) -> None:
+    """Refuse a live topic name ROS would refuse, before anything is published: rclpy raises only when the
+    publisher is made, which for a ``--remap`` target is after the bag's first frame went out and was answered."""
+    from rclpy.exceptions import InvalidTopicNameException
+    from rclpy.validate_topic_name import validate_topic_name
+
+    named = [("--camera-topic", config.camera_topic), ("--task-topic", config.task_topic)]
+    named += [(f"--remap {source}:=", target) for source, target in config.remaps.items()]
+    for option, name in named:
+        try:
+            validate_topic_name(name)
+        except InvalidTopicNameException as exc:
+            why = str(exc).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
+            raise ValueError(f"{option}{'' if option.endswith(':=') else ' '}{name!r} is not a valid ROS topic "
+                             f"name: {why}") from None
+
+
 def _parse_remap(text: str) -> tuple[str, str]:
     source, sep, target = text.partition(":=")
     if not sep or not source or not target:
@@ -604,9 +629,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep",
                         help="lockstep: frame t, then wait for its action (a deterministic record; default); "
-                             "realtime: at the bag's timing times --rate")
-    parser.add_argument("--rate", type=positive_float, default=1.0, help="realtime speed factor")
-    parser.add_argument("--camera", default="image_0", help="bag camera that feeds /camera/image_raw[/compressed]")
+                             "realtime: at the bag's timing, sped up by --rate")
+    parser.add_argument("--rate", type=positive_float, default=1.0,
+                        help="realtime: speed factor, the bag's time divided by it (2: twice as fast; default 1)")
+    parser.add_argument("--camera", default="image_0",
+                        help="bag camera that feeds /camera/image_raw[/compressed] (default image_0)")
     parser.add_argument("--remap", action="append", type=_parse_remap, default=[], metavar="FROM:=TO",
                         help="also publish bag topic FROM on live topic TO (repeatable)")
     parser.add_argument("--camera-topic", default=LIVE_CAMERA,

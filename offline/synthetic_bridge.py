@@ -21,7 +21,7 @@ import numpy as np
 
 from offline import bridge_layout as layout
 from offline.scene import IMAGE_SIZE, instruction_embedding, render_episode
-from task_supplementor.cli_args import non_negative_int, positive_int
+from task_supplementor.cli_args import positive_int
 
 MIN_STEPS = 16  # per episode, for the CLIs (scene.py draws a pick-and-place in no fewer than 13)
 MISSING_CAMERA_EVERY = 3  # image_1 is absent in every third episode; image_2 is always absent (zero images)
@@ -128,57 +128,92 @@ def _builder_class():
 
 
 def write_synthetic_bridge(config: SyntheticConfig) -> Path:
-    """Write the dataset and return its version folder (``OUT/bridge_dataset/1.0.0``)."""
+    """Write the dataset and return its version folder (``OUT/bridge_dataset/1.0.0``).
+
+    WHY a scratch folder: TFDS writes in place, so a failed or interrupted build would leave a half dataset at the
+    final path, and ``overwrite`` would already have removed the old one. The build goes to a hidden folder inside
+    OUT (same file system) and replaces the old dataset only once it is complete.
+    """
     version_dir = Path(config.out) / layout.DATASET_NAME / layout.VERSION
-    if version_dir.exists():
-        if not config.overwrite:
-            raise FileExistsError(f"{version_dir} already exists; pass --overwrite to replace it")
-        shutil.rmtree(version_dir)
+    if version_dir.exists() and not config.overwrite:
+        raise FileExistsError(f"{version_dir} already exists; pass --overwrite to replace it")
     Path(config.out).mkdir(parents=True, exist_ok=True)
-    builder = _builder_class()(synthetic=config, data_dir=str(config.out))
-    with tempfile.TemporaryDirectory() as downloads:  # nothing is downloaded; keep TFDS from leaving a folder
+    with tempfile.TemporaryDirectory(prefix=".synthetic-bridge-", dir=config.out) as scratch, \
+            tempfile.TemporaryDirectory() as downloads:  # nothing is downloaded; keep TFDS from leaving a folder
+        builder = _builder_class()(synthetic=config, data_dir=scratch)
         builder.download_and_prepare(download_dir=downloads)
+        if version_dir.exists():
+            shutil.rmtree(version_dir)
+        version_dir.parent.mkdir(exist_ok=True)
+        Path(scratch, layout.DATASET_NAME, layout.VERSION).rename(version_dir)
     return version_dir
 
 
-def _parse_episodes(option: str, values: list[str]) -> tuple[tuple[str, int], ...]:
-    parsed = []
-    for value in values:
-        split, _, index = value.partition(":")
-        if split not in layout.SPLITS or not index.isdigit():
-            raise argparse.ArgumentTypeError(f"{option} expects SPLIT:INDEX with SPLIT in {layout.SPLITS}: {value!r}")
-        parsed.append((split, int(index)))
-    return tuple(parsed)
+def split_index(text: str) -> tuple[str, int]:
+    """``SPLIT:INDEX`` (an argparse type): one episode of a split."""
+    split, _, index = text.partition(":")
+    if split not in layout.SPLITS or not index.isdigit():
+        raise argparse.ArgumentTypeError(f"expected SPLIT:INDEX with SPLIT one of {', '.join(layout.SPLITS)}, "
+                                         f"not {text!r}")
+    return split, int(index)
+
+
+def at_least_min_steps(text: str) -> int:
+    """A step count (an argparse type): scene.py needs room for a whole pick-and-place."""
+    steps = positive_int(text)
+    if steps < MIN_STEPS:
+        raise argparse.ArgumentTypeError(f"must be >= {MIN_STEPS}, not {text}")
+    return steps
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True,
                         help="data dir; the dataset goes to OUT/bridge_dataset/1.0.0")
-    parser.add_argument("--episodes", type=non_negative_int, default=SyntheticConfig.episodes, help="train episodes")
-    parser.add_argument("--val-episodes", type=non_negative_int, default=SyntheticConfig.val_episodes,
-                        help="val episodes")
-    parser.add_argument("--seed", type=int, default=SyntheticConfig.seed)
-    parser.add_argument("--min-steps", type=positive_int, default=SyntheticConfig.min_steps)
-    parser.add_argument("--max-steps", type=positive_int, default=SyntheticConfig.max_steps)
-    parser.add_argument("--corrupt", action="append", default=[], metavar="SPLIT:INDEX",
+    parser.add_argument("--episodes", type=positive_int, default=SyntheticConfig.episodes,
+                        help=f"train episodes (>= 1: TFDS writes no empty split; default {SyntheticConfig.episodes})")
+    parser.add_argument("--val-episodes", type=positive_int, default=SyntheticConfig.val_episodes,
+                        help=f"val episodes (>= 1; default {SyntheticConfig.val_episodes})")
+    parser.add_argument("--seed", type=int, default=SyntheticConfig.seed, help="default %(default)s")
+    parser.add_argument("--min-steps", type=at_least_min_steps, default=SyntheticConfig.min_steps,
+                        help=f"fewest steps of an episode (>= {MIN_STEPS}; default %(default)s)")
+    parser.add_argument("--max-steps", type=at_least_min_steps, default=SyntheticConfig.max_steps,
+                        help="most steps of an episode (>= --min-steps; default %(default)s)")
+    parser.add_argument("--corrupt", action="append", type=split_index, default=[], metavar="SPLIT:INDEX",
                         help="truncate one JPEG of this episode (to exercise error handling); repeatable")
-    parser.add_argument("--unlabeled", action="append", default=[], metavar="SPLIT:INDEX",
+    parser.add_argument("--unlabeled", action="append", type=split_index, default=[], metavar="SPLIT:INDEX",
                         help="give this episode no language instruction (has_language false); repeatable")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT/bridge_dataset/1.0.0")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing OUT/bridge_dataset/1.0.0 (once the new one is complete)")
+
+
+def _selection_problem(option: str, chosen: list[tuple[str, int]], counts: dict[str, int]) -> str | None:
+    """Why an episode picked by ``option`` does not exist (None: they all do)."""
+    for split, index in chosen:
+        if index >= counts[split]:
+            return f"{option} {split}:{index}: {split} has {counts[split]} episode(s) (indices 0..{counts[split] - 1})"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.min_steps < MIN_STEPS or args.max_steps < args.min_steps:
-        print(f"make-synthetic-bridge: need {MIN_STEPS} <= --min-steps <= --max-steps", file=sys.stderr)
+    counts = {"train": args.episodes, "val": args.val_episodes}
+    problem = (f"--out {args.out} is a file, not a folder" if args.out.exists() and not args.out.is_dir() else
+               f"need --min-steps <= --max-steps, not {args.min_steps} > {args.max_steps}"
+               if args.max_steps < args.min_steps else
+               _selection_problem("--corrupt", args.corrupt, counts)
+               or _selection_problem("--unlabeled", args.unlabeled, counts))
+    if problem:
+        print(f"make-synthetic-bridge: {problem}", file=sys.stderr)
         return 2
     config = SyntheticConfig(out=args.out, episodes=args.episodes, val_episodes=args.val_episodes, seed=args.seed,
-                             min_steps=args.min_steps, max_steps=args.max_steps,
-                             corrupt=_parse_episodes("--corrupt", args.corrupt),
-                             unlabeled=_parse_episodes("--unlabeled", args.unlabeled), overwrite=args.overwrite)
+                             min_steps=args.min_steps, max_steps=args.max_steps, corrupt=tuple(args.corrupt),
+                             unlabeled=tuple(args.unlabeled), overwrite=args.overwrite)
     try:
         version_dir = write_synthetic_bridge(config)
-    except FileExistsError as exc:
+    except OSError as exc:  # FileExistsError without --overwrite; OUT unwritable, ...
         print(f"make-synthetic-bridge: {exc}", file=sys.stderr)
-        return 1
+        return 2
+    except KeyboardInterrupt:
+        print(f"make-synthetic-bridge: interrupted; nothing in {args.out} was changed", file=sys.stderr)
+        return 130
     print(f"wrote {config.episodes} train + {config.val_episodes} val episodes to {version_dir}")
     return 0

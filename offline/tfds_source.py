@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import itertools
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +81,25 @@ def resolve_version_dir(data_dir: Path) -> Path:
         f"but {found}.")
 
 
+def _open_builder(tfds, version_dir: Path):
+    """TFDS's reader of ``version_dir``. WHY the checks first: with features.json missing TFDS blames an old TFDS
+    version, and a damaged dataset_info.json or features.json surfaces as a protobuf traceback; each is a damaged
+    download."""
+    from google.protobuf import json_format  # what TFDS parses both files with
+
+    missing = [name for name in ("dataset_info.json", "features.json") if not (version_dir / name).is_file()]
+    if missing:
+        raise DatasetDirError(f"{version_dir} lacks {' and '.join(missing)}: an incomplete copy of the dataset "
+                              "(download or copy it again)")
+    try:
+        json.loads((version_dir / "dataset_info.json").read_text(encoding="utf-8"))
+        return tfds.builder_from_directory(str(version_dir))
+    except (UnicodeDecodeError, ValueError, json_format.Error) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatasetDirError(f"{version_dir}: cannot read the dataset's description files ({type(exc).__name__}: "
+                              f"{first_line}); the copy is damaged (download or copy it again)") from None
+
+
 def _check_is_bridge(info, version_dir: Path) -> None:
     """DatasetDirError unless the TFDS dataset is bridge_dataset with the features conversion reads, checked before
     anything is written (a manifest naming the wrong data would then lock the output folder)."""
@@ -119,7 +139,7 @@ class BridgeSource:
 
         self.version_dir = resolve_version_dir(data_dir)
         self._tfds = tfds
-        self.builder = tfds.builder_from_directory(str(self.version_dir))
+        self.builder = _open_builder(tfds, self.version_dir)
         _check_is_bridge(self.builder.info, self.version_dir)
         self._decoders = {"steps": {"observation": {cam: tfds.decode.SkipDecoding() for cam in layout.CAMERAS}}}
 

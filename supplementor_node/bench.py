@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from supplementor_node.prompt_spec import load_prompt_spec
-from supplementor_node.qwen_inputs import Prompt, QwenVLInputBuilder
+from supplementor_node.qwen_inputs import CheckpointError, Prompt, QwenVLInputBuilder
 from supplementor_node.tiny_model import TinyQwenConfig, make_tiny_qwen
 from task_supplementor.cli_args import positive_int
 from task_supplementor.facts import Limits
@@ -195,7 +195,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or make_tiny_qwen(Path(tmp) / "qwen2_5_vl_tiny", TinyQwenConfig(seed=0))
-        bench = _Bench(args, checkpoint, device)
+        try:
+            bench = _Bench(args, checkpoint, device)
+        except (CheckpointError, OSError, ValueError) as error:  # not a Qwen2.5-VL checkpoint, files missing
+            print(f"bench supplementor: {' '.join(str(error).split())}")
+            return 2
         rows: dict[str, dict] = {}
         for path in args.paths:
             try:

@@ -16,6 +16,7 @@ from task_supplementor.checkpoint_files import check_weights
 
 # Files a Qwen2.5-VL checkpoint directory needs besides its weights (the input builder reads them).
 REQUIRED_JSON = ("config.json", "preprocessor_config.json", "tokenizer_config.json")
+MODEL_TYPE = "qwen2_5_vl"  # config.json of Qwen2.5-VL and of checkpoints fine-tuned or distilled from it
 
 
 def check_checkpoint_dir(checkpoint: str) -> None:
@@ -40,6 +41,10 @@ def _check_files(directory: Path) -> None:
             json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: corrupt JSON ({exc})") from None
+    model_type = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if model_type != MODEL_TYPE:  # e.g. the OpenVLA checkpoint given to the wrong node
+        raise ValueError(f"{directory}: config.json says model_type {model_type!r}, not {MODEL_TYPE!r} "
+                         "(not a Qwen2.5-VL checkpoint)")
     if not (directory / "tokenizer.json").is_file() and not (directory / "vocab.json").is_file():
         raise ValueError(f"{directory}: no tokenizer.json or vocab.json")
     check_weights(directory)

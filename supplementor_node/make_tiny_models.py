@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from supplementor_node.tiny_model import TinyQwenConfig, make_tiny_qwen
+from task_supplementor.checkpoint_files import check_weights
 from vla_node.tiny_model import TinyOpenVLAConfig, make_tiny_openvla
 
 DEFAULT_OUT = Path("artifacts/tiny_models")
@@ -36,15 +38,19 @@ def ensure_tiny_models(out: Path, names: list[str], force: bool = False, report=
     """Build the named checkpoints under ``out`` unless already there (``force``: rebuild); name -> directory.
 
     Each is built in ``<name>.partial`` and renamed when complete, so a build killed half-way is never taken for a
-    finished checkpoint (it is rebuilt next time).
+    finished checkpoint (it is rebuilt next time). One found damaged (no config.json, a weight file missing or cut
+    short) is rebuilt too, saying why: tests and the demo would otherwise fail on it with a loader's error.
     """
     paths = {}
     for name in names:
         target = out / name
-        if target.is_dir() and not force:
+        damage = _damage(target) if target.is_dir() and not force else None
+        if target.is_dir() and not force and damage is None:
             if report:
                 report(f"{name}: exists at {target} (use --force to rebuild)")
         else:
+            if damage and report:
+                report(f"{name}: {damage}; rebuilding")
             partial = target.with_name(f"{name}.partial")
             shutil.rmtree(partial, ignore_errors=True)
             TINY_MAKERS[name](partial)
@@ -56,6 +62,24 @@ def ensure_tiny_models(out: Path, names: list[str], force: bool = False, report=
     return paths
 
 
+def _damage(checkpoint: Path) -> str | None:
+    """Why an existing checkpoint folder cannot be the complete one a maker writes (None: it looks whole)."""
+    if not (checkpoint / "config.json").is_file():
+        return f"{checkpoint} has no config.json"
+    try:
+        check_weights(checkpoint)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
-    ensure_tiny_models(args.out, args.only or sorted(TINY_MAKERS), args.force, report=print)
+    if args.out.exists() and not args.out.is_dir():
+        print(f"make-tiny-models: --out {args.out} is a file, not a folder", file=sys.stderr)
+        return 2
+    try:
+        ensure_tiny_models(args.out, args.only or sorted(TINY_MAKERS), args.force, report=print)
+    except OSError as exc:  # --out a file, unwritable, disk full
+        print(f"make-tiny-models: {exc}", file=sys.stderr)
+        return 2
     return 0

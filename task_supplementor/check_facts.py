@@ -120,12 +120,16 @@ def format_table(summary: CheckSummary) -> str:
 
 
 def _load_tokenizer(path: str) -> Any:
+    """A local tokenizer; WHY the folder check: transformers takes any other string for a Hub id and answers with
+    a message about connecting to huggingface.co."""
     from transformers import AutoTokenizer
 
+    if not Path(path).is_dir():
+        raise ValueError(f"--tokenizer {path}: no such folder (a local tokenizer or checkpoint directory)")
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"check-facts: cannot load a tokenizer from {path!r}: {exc}") from None
+        raise ValueError(f"cannot load a tokenizer from {path}: {' '.join(str(exc).split())}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,10 +147,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.file.is_file():
-        print(f"check-facts: no such file: {args.file}", file=sys.stderr)
+        what = "a folder, not a file" if args.file.is_dir() else "no such file"
+        print(f"check-facts: {args.file}: {what}", file=sys.stderr)
         return 2
     limits = Limits(**{name: getattr(args, name) for name in asdict(Limits())})
-    tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
+    try:
+        tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
+    except ValueError as exc:
+        print(f"check-facts: {exc}", file=sys.stderr)
+        return 2
     summary = check_file(args.file, limits, tokenizer, verbose=args.verbose)
     for number, reason in summary.malformed:
         print(f"{args.file}:{number}: malformed line: {reason}", file=sys.stderr)

@@ -56,6 +56,9 @@ def tiny_checkpoints(work_dir: Path) -> dict[str, Path]:
     return ensure_tiny_models(work_dir / "tiny_models", ["qwen2_5_vl_tiny", "openvla_tiny"])
 
 
+SYNTHETIC_EPISODES = {"train": 4, "val": 1}  # the demo's synthetic BridgeData v2, per split
+
+
 def dataset_dir(config: DemoConfig) -> Path:
     """The BridgeData v2 directory to convert: the user's, or the synthetic one (written once)."""
     if config.data_dir is not None:
@@ -65,8 +68,19 @@ def dataset_dir(config: DemoConfig) -> Path:
 
     out = config.work_dir / "bridge_synth"
     if not (out / DATASET_NAME / VERSION / "dataset_info.json").exists():
-        write_synthetic_bridge(SyntheticConfig(out=out, episodes=4, val_episodes=1, overwrite=True))
+        write_synthetic_bridge(SyntheticConfig(out=out, episodes=SYNTHETIC_EPISODES["train"],
+                                               val_episodes=SYNTHETIC_EPISODES["val"], overwrite=True))
     return out
+
+
+def check_selection(config: DemoConfig) -> None:
+    """Refuse an episode selection that cannot work before anything is built (ValueError): a malformed range
+    always, one past the end of a split when the split is the synthetic one, whose size is known."""
+    from offline.convert import parse_episode_range, select_indices
+
+    parse_episode_range(config.episodes)
+    if config.data_dir is None:
+        select_indices(SYNTHETIC_EPISODES[config.split], config.episodes, None, 0)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -248,10 +262,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"where everything goes (default {defaults.work_dir}); finished stages are reused")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="real BridgeData v2: the TFDS data dir holding bridge_dataset/1.0.0 (or bridge_orig)")
-    parser.add_argument("--split", default=defaults.split,
+    parser.add_argument("--split", default=defaults.split, choices=tuple(SYNTHETIC_EPISODES),
                         help=f"BridgeData v2 split to convert and replay (default {defaults.split})")
     parser.add_argument("--episodes", default=defaults.episodes,
-                        help="episodes of --split to convert and replay: START:STOP or one index")
+                        help="episodes of --split to convert and replay: START:STOP or one index (default "
+                             f"{defaults.episodes}; the synthetic data has {SYNTHETIC_EPISODES['train']} train and "
+                             f"{SYNTHETIC_EPISODES['val']} val episodes)")
     parser.add_argument("--max-frames", type=positive_int, default=None, help="frames per episode (default: all)")
     parser.add_argument("--supplementor-checkpoint", type=Path, default=None,
                         help="a Qwen2.5-VL checkpoint dir (default: the tiny random one)")
@@ -261,7 +277,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-mode", default=defaults.prompt_mode, choices=("none", "supplement", "placeholder"))
     parser.add_argument("--valid-facts-only", action="store_true",
                         help="fuse only facts the contract marked valid (default: fuse every parsed supplement, "
-                             "because the tiny random models never produce valid facts)")
+                             "because the tiny random models' facts are rarely valid)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -275,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"task-supplementor demo: {label} {path} does not exist", file=sys.stderr)
             return 2
     try:
+        check_selection(config)
         preflight_models(config)
     except ValueError as error:
         print(f"task-supplementor demo: {error}", file=sys.stderr)

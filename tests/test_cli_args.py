@@ -18,6 +18,11 @@ from task_supplementor.cli import main
     (["replay", "bag", "--rate", "nan"], "argument --rate: must be > 0, not nan"),
     (["convert", "data", "--out", "bags", "--sample", "0"], "argument --sample: must be >= 1, not 0"),
     (["demo", "--max-frames", "0"], "argument --max-frames: must be >= 1, not 0"),
+    (["demo", "--split", "test"], "argument --split: invalid choice: 'test'"),
+    (["make-synthetic-bridge", "--out", "d", "--corrupt", "foo:1"],
+     "argument --corrupt: expected SPLIT:INDEX with SPLIT one of train, val, not 'foo:1'"),
+    (["make-synthetic-bridge", "--out", "d", "--episodes", "0"], "argument --episodes: must be >= 1, not 0"),
+    (["make-synthetic-bridge", "--out", "d", "--min-steps", "3"], "argument --min-steps: must be >= 16, not 3"),
 ])
 def test_out_of_range_numbers_are_refused_before_anything_runs(argv, message, capsys):
     with pytest.raises(SystemExit) as exited:
@@ -47,3 +52,32 @@ def test_demo_checks_the_device_and_checkpoints_before_anything_runs(tmp_path, c
     assert main(["demo", "--vla-checkpoint", str(checkpoint), "--work-dir", str(work)]) == 2
     assert "has no norm_stats" in capsys.readouterr().err
     assert not work.exists()
+
+
+def test_bad_input_to_the_other_commands_is_one_line_and_exit_2(tmp_path, capsys):
+    """Checked before anything is built, published or written: nothing appears under ``tmp_path`` but the file."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    cases = [
+        (["make-synthetic-bridge", "--out", str(tmp_path / "d"), "--episodes", "2", "--corrupt", "train:9"],
+         "--corrupt train:9: train has 2 episode(s) (indices 0..1)"),
+        (["make-synthetic-bridge", "--out", str(afile)], f"--out {afile} is a file, not a folder"),
+        (["make-tiny-models", "--out", str(afile)], f"--out {afile} is a file, not a folder"),
+        (["replay", "bag", "--camera-topic", "bad topic"], "--camera-topic 'bad topic' is not a valid ROS topic name"),
+        (["replay", "bag", "--task-topic", ""], "--task-topic '' is not a valid ROS topic name"),
+        (["replay", "bag", "--remap", "/bridge/state:=a b"], "--remap /bridge/state:='a b' is not a valid ROS topic"),
+        (["replay", "bag", "--rate", "2"], "--rate 2 applies to --mode realtime only"),
+        (["replay", "--manifest", str(afile)], f"{afile} is not a manifest.jsonl"),
+        (["check-facts", str(tmp_path)], f"{tmp_path}: a folder, not a file"),
+        (["check-facts", str(afile), "--tokenizer", str(tmp_path / "nope")], "nope: no such folder"),
+        (["demo", "--episodes", "5:2", "--work-dir", str(tmp_path / "w")], "--episodes 5:2 selects no episode"),
+        (["demo", "--episodes", "3:9", "--work-dir", str(tmp_path / "w")],
+         "--episodes 3:9 out of range: the split has 4 episodes"),
+        (["bench", "supplementor", "--checkpoint", str(tmp_path / "nope"), "--no-record"],
+         "not a Qwen2.5-VL checkpoint"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        out = capsys.readouterr()
+        assert message in out.out + out.err and "Traceback" not in out.out + out.err, (argv, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

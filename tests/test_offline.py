@@ -273,6 +273,51 @@ def test_another_tfds_dataset_is_refused_before_anything_is_written(synthetic_br
     assert not (tmp_path / "x").exists()
 
 
+def test_a_damaged_copy_of_the_dataset_is_named_as_such(synthetic_bridge, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_bridge, data)
+    version = data / "bridge_dataset" / "1.0.0"
+    (version / "features.json").unlink()
+    done = _cli("convert", "--data-dir", str(data), "--out", str(tmp_path / "x"), check_rc=(2,))
+    assert f"{version} lacks features.json: an incomplete copy" in done.stderr and "Traceback" not in done.stderr
+    shutil.copy(synthetic_bridge / "bridge_dataset" / "1.0.0" / "features.json", version)
+    info = version / "dataset_info.json"
+    info.write_text(info.read_text()[:100])  # cut short
+    done = _cli("convert", "--data-dir", str(data), "--out", str(tmp_path / "x"), check_rc=(2,))
+    assert "cannot read the dataset's description files (JSONDecodeError" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "x").exists()
+
+
+def test_convert_without_its_manifest_leaves_bags_outside_the_selection(synthetic_bridge, converted, tmp_path):
+    out = tmp_path / "bags"
+    shutil.copytree(converted.out_dir, out)
+    (out / "manifest.jsonl").unlink()
+    (out / "bags" / "train" / "my_notes").mkdir()
+    before = sorted(p.name for p in (out / "bags" / "train").iterdir())
+    done = _cli("convert", "--data-dir", str(synthetic_bridge), "--out", str(out), "--no-progress",
+                "--episodes", "0")
+    assert "converted 1, already done 0, failed 0" in done.stdout
+    assert sorted(p.name for p in (out / "bags" / "train").iterdir()) == before
+    assert Manifest.load(out).episodes["train_000000"].checksum == converted.episodes["train_000000"].checksum
+
+
+def test_an_interrupted_overwrite_keeps_the_old_synthetic_dataset(tmp_path):
+    data = tmp_path / "data"
+    small = ("--val-episodes", "1", "--min-steps", "16", "--max-steps", "16")
+    _cli("make-synthetic-bridge", "--out", str(data), "--episodes", "1", *small)
+    version = data / "bridge_dataset" / "1.0.0"
+    before = {p.name: p.read_bytes() for p in version.iterdir()}
+    process = subprocess.Popen([sys.executable, "-m", "task_supplementor.cli", "make-synthetic-bridge", "--out",
+                                str(data), "--overwrite", "--episodes", "4", *small], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert poll(lambda: any(data.glob(".synthetic-bridge-*")) or process.poll() is not None, 60)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted; nothing in" in stderr, stderr
+    assert {p.name: p.read_bytes() for p in version.iterdir()} == before
+    assert sorted(p.name for p in data.iterdir()) == ["bridge_dataset"]
+
+
 def test_an_episode_without_instruction_is_a_recorded_failure_not_a_bag(tmp_path):
     _cli("make-synthetic-bridge", "--out", str(tmp_path / "data"), "--episodes", "2", "--val-episodes", "1",
          "--min-steps", "16", "--max-steps", "16", "--unlabeled", "train:1")
@@ -321,6 +366,27 @@ def test_a_bag_folder_without_its_files_or_camera_is_a_one_line_error(converted,
                 str(tmp_path / "s.png"), check_rc=(2,))
     assert "argument --frames: must be >= 1" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "s.png").exists()
+
+
+def test_inspect_refuses_a_topic_without_images_and_a_sheet_it_cannot_write(converted, tmp_path):
+    from offline.inspect_bag import InspectConfig, inspect_bag
+
+    bag = converted.bag_path(_records(converted)[0])
+    (tmp_path / "afile").write_text("")
+    for camera, sheet, message in (
+            (topics.STATE, tmp_path / "s.png",
+             f"{topics.STATE} holds sensor_msgs/msg/JointState, not images (image topics: /bridge/image_0/"),
+            (None, tmp_path, "is a folder; give a file name"),
+            (None, tmp_path / "afile" / "s.png", f"{tmp_path / 'afile'} is a file, not a folder"),
+            (None, tmp_path / "s.pngx", ".pngx extension is not an image format")):
+        with pytest.raises(ValueError) as refused:
+            inspect_bag(bag, InspectConfig(contact_sheet=sheet, camera_topic=camera))
+        assert message in str(refused.value)
+    for path, message in ((tmp_path / "nothing", "does not exist"),
+                          (tmp_path / "afile", "is a file: a rosbag2 is a folder holding metadata.yaml")):
+        with pytest.raises(ValueError, match=message):
+            inspect_bag(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_a_bag_with_an_undecodable_message_is_a_one_line_error_and_leaves_no_record(converted, tmp_path):

@@ -421,3 +421,8 @@ def test_a_tiny_build_killed_half_way_is_rebuilt_not_taken_as_done(tmp_path):
     assert (built / "tokenizer.json").is_file() and (built / "config.json").read_text() != "{}"
     assert not leftover.exists()
     OpenVLAConfig.from_dir(built)
+    shard = next(built.glob("model-0000*-of-*.safetensors"))
+    shard.unlink()  # a checkpoint damaged after it was built is rebuilt too, saying why
+    reports: list[str] = []
+    ensure_tiny_models(tmp_path, ["openvla_tiny"], report=reports.append)
+    assert shard.is_file() and f"shards named in the index are missing: ['{shard.name}']; rebuilding" in reports[0]

@@ -248,6 +248,8 @@ def test_missing_or_corrupt_checkpoint_is_rejected_and_the_old_model_keeps_servi
     weights.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
     malformed = h.set_checkpoint(str(corrupt))
     assert not malformed.successful and "malformed safetensors header" in malformed.reason, malformed.reason
+    other_model = h.set_checkpoint(str(graph["tiny"] / "openvla_tiny"))  # whole, but the VLA's
+    assert not other_model.successful and "model_type 'openvla'" in other_model.reason, other_model.reason
     for name, value, accepted in (("dtype", "int8", "bfloat16"), ("device", "gpu", "cuda:N"),
                                   ("backend", "onnx", "transformers, vllm")):
         result = h.set_string(name, value)

@@ -88,7 +88,7 @@ class ModelNode(Node, Generic[S, T]):
         reason = self._slot.check(spec) or problem
         if reason:
             self._startup_problem = (f"checkpoint rejected: {reason}; publishing nothing until that is mended "
-                                     "(`ros2 param set`)")
+                                     "(`ros2 param set` or any parameter client, or a restart with other values)")
             self.get_logger().error(self._startup_problem)
             return
         self._request_model(spec)
