@@ -13,6 +13,7 @@ import os
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,6 +275,8 @@ def test_bad_values_rejected_with_reasons(vla: Harness, tmp_path):
     assert not vla.set(supplement_template="no slots here")[0].successful
     missing = vla.set(checkpoint="/nonexistent/openvla-7b")[0]
     assert not missing.successful and "config.json" in missing.reason
+    other_model = vla.set(checkpoint=str(Path(vla.checkpoint).parent / "qwen2_5_vl_tiny"))[0]  # the supplementor's
+    assert not other_model.successful and "model_type 'qwen2_5_vl', not 'openvla'" in other_model.reason
     for damage, said in ((lambda shard: shard.unlink(), "shards named in the index are missing"),
                          (lambda shard: os.truncate(shard, shard.stat().st_size - 100), "truncated")):
         broken = tmp_path / f"openvla_{len(said)}"

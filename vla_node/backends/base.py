@@ -19,6 +19,7 @@ from task_supplementor.devices import ModelChoice, check_load_choices, resolve_a
 from vla_node.config import read_json, read_norm_stats
 
 BACKENDS = ("native", "hf-official")
+MODEL_TYPE = "openvla"  # config.json of openvla/openvla-7b and of checkpoints fine-tuned from it
 
 
 class BackendUnavailable(ValueError):
@@ -47,7 +48,11 @@ def norm_stats_of(checkpoint: str | Path) -> dict[str, Any]:
     config = Path(checkpoint) / "config.json"
     if not str(checkpoint) or not config.is_file():
         raise ValueError(f"checkpoint {str(checkpoint)!r} is not an OpenVLA checkpoint directory (no config.json)")
-    stats = read_norm_stats(Path(checkpoint), read_json(config))
+    raw = read_json(config)
+    model_type = raw.get("model_type", MODEL_TYPE)
+    if model_type != MODEL_TYPE:  # e.g. the Qwen2.5-VL checkpoint given to the wrong node
+        raise ValueError(f"{config} says model_type {model_type!r}, not {MODEL_TYPE!r} (not an OpenVLA checkpoint)")
+    stats = read_norm_stats(Path(checkpoint), raw)
     if not stats:
         raise ValueError(f"{config} has no norm_stats (nor is there a dataset_statistics.json): actions cannot be "
                          "un-normalised")
