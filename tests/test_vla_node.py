@@ -39,9 +39,9 @@ SUPPLEMENT = "objects: carrot (orange, left); plate (white, center). relations: 
 
 
 class Harness:
-    def __init__(self, node, checkpoint: str, ns: str = ""):
-        """``ns``: the namespace the vla node was started in ("" or e.g. "/held")."""
-        self.node, self.checkpoint, self.ns = node, checkpoint, ns
+    def __init__(self, node, checkpoint: str, ns: str = "", log: Path | None = None):
+        """``ns``: the namespace the vla node was started in ("" or e.g. "/held"); ``log``: its output."""
+        self.node, self.checkpoint, self.ns, self.log = node, checkpoint, ns, log
         self.lock = threading.Lock()
         self.actions: list[WidowXAction] = []
         self.received_at: list[float] = []  # monotonic receive time of each action (same clock as the node's)
@@ -123,13 +123,14 @@ def vla(tiny_models, tmp_path_factory):
     log = tmp_path_factory.mktemp("vla_logs") / "vla.log"
     rclpy.init()
     proc = start_node("vla_node.node", "vla.yaml", {"checkpoint": checkpoint, "image_compressed": "false",
-                                                    "control_rate_hz": "10.0", "device": "cpu"}, log)
+                                                    "control_rate_hz": "10.0", "device": "cpu",
+                                                    "unorm_key": "bridge", "zzz": "1"}, log)  # misspelt, unknown
     node = rclpy.create_node("vla_test")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
     try:
-        harness = Harness(node, checkpoint)
+        harness = Harness(node, checkpoint, log=log)
         harness.task_pub.publish(String(data=TASK))
         ready = harness.wait_for(lambda: harness.diagnostics.get("policy_id") == checkpoint, 90)
         assert ready, f"the vla node did not load the tiny policy; log:\n{log.read_text()}"
@@ -264,6 +265,14 @@ def test_dry_run_flag_follows_the_parameter(vla: Harness):
     assert vla.act(500).dry_run is False
     assert vla.set(dry_run=True)[0].successful
     assert vla.act(501).dry_run is True
+
+
+def test_parameters_it_does_not_declare_are_named_at_start(vla: Harness):
+    """rclpy ignores them silently; a misspelt unnorm_key would leave the default statistics acting on a robot."""
+    log = vla.log.read_text()
+    assert ("parameter 'unorm_key' given to /vla is not one of its parameters and is ignored; did you mean "
+            "'unnorm_key'?") in log
+    assert "parameter 'zzz' given to /vla is not one of its parameters and is ignored\n" in log
 
 
 def test_bad_values_rejected_with_reasons(vla: Harness, tmp_path):

@@ -20,7 +20,7 @@ from std_msgs.msg import Header
 
 from task_supplementor.ros.diagnostics import Health, report_model_slot
 from task_supplementor.ros.model_slot import ModelSlot
-from task_supplementor.ros.params import ParamSpec, declare_parameters
+from task_supplementor.ros.params import ParamSpec, declare_parameters, ignored_overrides
 
 
 class CheckpointSpec(Protocol):
@@ -53,6 +53,8 @@ class ModelNode(Node, Generic[S, T]):
                  preflight: Callable[[S], None], check_choices: Callable[[S], None], **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
         declare_parameters(self, parameters)
+        for line in ignored_overrides(self):
+            self.get_logger().warning(line)
         # status named after the node's full name, so two such nodes in one graph stay apart in /diagnostics
         self.health = Health(f"{self.get_fully_qualified_name()}: {health_name}", hardware_id=self._param("device"),
                              counters=self.counters)

@@ -7,6 +7,7 @@ against what the running node declares.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,3 +43,22 @@ class ParamSpec:
 def declare_parameters(node: Node, table: dict[str, ParamSpec]) -> None:
     for name, spec in table.items():
         node.declare_parameter(name, spec.default, spec.descriptor())
+
+
+def ignored_overrides(node: Node) -> list[str]:
+    """One line per parameter value given to ``node`` (``--params-file``, ``-p``, a launch file) that it does not
+    declare, with the closest declared name when there is one; call it after declaring.
+
+    WHY: rclpy drops such values without a word, so a misspelt ``unorm_key`` in a YAML file would leave the default
+    un-normalisation statistics in force on a robot. rclpy keeps the given values in ``Node._parameter_overrides``
+    (no public accessor; the same from Foxy to Jazzy); should that attribute go, this finds nothing rather than fail.
+    """
+    given = getattr(node, "_parameter_overrides", None) or {}
+    declared = sorted(node.get_parameters_by_prefix(""))
+    lines = []
+    for name in sorted(n for n in given if not node.has_parameter(n)):
+        close = difflib.get_close_matches(name, declared, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        lines.append(f"parameter {name!r} given to {node.get_fully_qualified_name()} is not one of its parameters "
+                     f"and is ignored{hint}")
+    return lines
