@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -142,8 +141,8 @@ def write_synthetic_bridge(config: SyntheticConfig) -> Path:
             tempfile.TemporaryDirectory() as downloads:  # nothing is downloaded; keep TFDS from leaving a folder
         builder = _builder_class()(synthetic=config, data_dir=scratch)
         builder.download_and_prepare(download_dir=downloads)
-        if version_dir.exists():
-            shutil.rmtree(version_dir)
+        if version_dir.exists():  # two renames, not a delete then a rename: no window without a dataset to speak of
+            version_dir.rename(Path(scratch, "replaced"))
         version_dir.parent.mkdir(exist_ok=True)
         Path(scratch, layout.DATASET_NAME, layout.VERSION).rename(version_dir)
     return version_dir
@@ -213,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"make-synthetic-bridge: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"make-synthetic-bridge: interrupted; nothing in {args.out} was changed", file=sys.stderr)
+        print(f"make-synthetic-bridge: interrupted; the dataset in {args.out} was not replaced", file=sys.stderr)
         return 130
     print(f"wrote {config.episodes} train + {config.val_episodes} val episodes to {version_dir}")
     return 0

@@ -313,7 +313,7 @@ def test_an_interrupted_overwrite_keeps_the_old_synthetic_dataset(tmp_path):
     assert poll(lambda: any(data.glob(".synthetic-bridge-*")) or process.poll() is not None, 60)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130 and "interrupted; nothing in" in stderr, stderr
+    assert process.returncode == 130 and "interrupted; the dataset in" in stderr, stderr
     assert {p.name: p.read_bytes() for p in version.iterdir()} == before
     assert sorted(p.name for p in data.iterdir()) == ["bridge_dataset"]
 
