@@ -189,6 +189,25 @@ def test_official_prompt_one_action_per_frame_dry_run_by_default(vla: Harness):
     assert vla.counter("frames_repeated") >= repeated + 6  # best-effort QoS: nearly all 8 arrive
 
 
+def test_a_frame_from_before_the_task_is_not_acted_on_for_it(vla: Harness):
+    """No task: the frame waits. A task that comes seconds later must not move the arm on that old picture; the
+    next frame (or the same frame sent again) is acted on."""
+    vla.task_pub.publish(String(data=""))
+    assert vla.wait_for(lambda: vla.diagnostics.get("task") == "", 10)
+    older, received = vla.counter("frames_older_than_task"), vla.counter("frames_received")
+    for _ in range(5):  # best-effort QoS
+        vla.image_pub.publish(vla.frame(150))
+        time.sleep(0.1)
+    assert vla.counter("frames_received") > received
+    time.sleep(1.0)  # the frame is now well over TASK_FRAME_GRACE_S (0.5 s) older than the task to come
+    vla.task_pub.publish(String(data=TASK))
+    assert vla.wait_for(lambda: vla.diagnostics.get("task") == TASK, 10)
+    assert vla.counter("frames_older_than_task") == older + 1
+    assert not vla.actions_for(150)
+    assert vla.act(151) is not None
+    assert vla.act(150) is not None  # the old stamp, sent now: a fresh frame as far as the node can tell
+
+
 def test_mode_switch_fresh_and_stale_facts(vla: Harness, policy):
     assert all(r.successful for r in vla.set(prompt_mode="supplement", stale_facts_policy="hold",
                                             facts_max_age_s=1.0))  # hold: no frame acted on before the facts come

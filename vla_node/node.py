@@ -50,6 +50,10 @@ from vla_node.widowx import clip_to_widowx
 NODE_NAME = "vla"
 STALE_POLICIES = ("hold", "none")
 _FACTS_KEPT = 64
+# A frame that arrived more than this long before the current task is never acted on for it: with no task (or
+# another) the node waited, and the picture may be long out of date when an instruction comes (a stalled camera).
+# Not zero: a replay publishes a bag's task and first frame together, and the two topics arrive in either order.
+TASK_FRAME_GRACE_S = 0.5
 
 
 # Every parameter, its default (config/vla.yaml repeats these) and its descriptor.
@@ -104,7 +108,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
     model_noun = "policy"
     counters = ("frames_received", "frames_dropped", "frames_repeated", "facts_received", "actions_published",
                 "actions_clipped", "stale_facts", "idle_ticks", "ticks_without_task_or_policy",
-                "ticks_waiting_for_facts", "placeholder_failures", "inference_errors")
+                "ticks_waiting_for_facts", "frames_older_than_task", "placeholder_failures", "inference_errors")
 
     def __init__(self, **kwargs: Any):
         super().__init__(NODE_NAME, PARAMETERS, "actions", load_policy, preflight, check_choices, **kwargs)
@@ -114,8 +118,10 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         except ValueError as error:
             raise StartupParameterError(str(error)) from None
         self._fuser_cache: tuple[Policy, PromptFuser] | None = None  # the fuser measures with the policy's tokenizer
-        self._frame: CameraFrame | None = None
+        self._frame: CameraFrame | None = None  # the newest frame, until acted on or set aside
+        self._last_stamp_ns: int | None = None  # the newest frame's stamp (stamps going back = a new pass)
         self._acted_stamp: int | None = None  # stamp of the last frame acted on (never re-used)
+        self._task_received = 0.0  # monotonic time the current task came
         self._stale_counted_stamp: int | None = None
         self._facts: deque[tuple[float, VisualFacts]] = deque(maxlen=_FACTS_KEPT)  # (monotonic receipt, facts)
         self._ticks = 0
@@ -227,14 +233,15 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
                 return
             if pending is not None:
                 self.health.count("frames_dropped")  # replaced before it was acted on
-            if self._frame is not None and frame.stamp_ns < self._frame.stamp_ns:
+            if self._last_stamp_ns is not None and frame.stamp_ns < self._last_stamp_ns:
                 self._forget_facts_before(frame)
             self._frame = frame
+            self._last_stamp_ns = frame.stamp_ns
 
     def _forget_facts_before(self, frame: CameraFrame) -> None:
         """Stamps went back: drop the facts heard before ``frame`` (an earlier pass's); called with the lock held."""
         kept = [(received, facts) for received, facts in self._facts if received >= frame.received]
-        self.get_logger().info(f"frame stamps went back ({self._frame.stamp_ns} -> {frame.stamp_ns} ns): a new pass "
+        self.get_logger().info(f"frame stamps went back ({self._last_stamp_ns} -> {frame.stamp_ns} ns): a new pass "
                                f"over the frames; {len(self._facts) - len(kept)} facts heard before it forgotten")
         self._facts = deque(kept, maxlen=_FACTS_KEPT)
 
@@ -242,6 +249,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         with self._cond:
             if msg.data != self._task:
                 self._task = msg.data
+                self._task_received = time.monotonic()
                 self.get_logger().info(f"new task: {msg.data!r}")
 
     def _on_facts(self, msg: VisualFacts) -> None:
@@ -294,6 +302,10 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
                     continue
                 if not self._task or self._slot.current[0] is None:
                     self.health.count("ticks_without_task_or_policy")
+                    continue
+                if frame.received < self._task_received - TASK_FRAME_GRACE_S:
+                    self.health.count("frames_older_than_task")
+                    self._frame = None  # the next frame (or this one sent again) is taken afresh
                     continue
                 choice = self._choose_facts(frame, self._fusion.mode)
                 if choice.mode is None:
