@@ -33,6 +33,7 @@ from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS
 from task_supplementor.ros.spin import spin_node
 
 NODE_NAME = "supplementor"
+EXAMPLE_CHECKPOINT = "/path/to/Qwen2.5-VL-3B-Instruct"  # in the hint of a node started without one
 _BACKEND_FIELDS = frozenset(f.name for f in fields(BackendConfig))
 
 
@@ -94,7 +95,7 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
         self.create_subscription(String, "task", self._on_task, LATCHED_QOS)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._load_initial_model(self._describer_config({}), "/path/to/Qwen2.5-VL-3B-Instruct")
+        self._load_initial_model(self._describer_config({}), EXAMPLE_CHECKPOINT)
         self._start_worker("supplementor-inference")
 
     # ---- parameters and models ------------------------------------------------------------------------------
@@ -122,6 +123,8 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
                 self._cond.notify_all()  # a worker waiting out the old period recomputes it now
         if model_changed and cfg.checkpoint:
             self._request_model(cfg)
+        elif model_changed and self._startup_problem:  # a start-up value mended, no checkpoint yet: say what is left
+            self._load_initial_model(cfg, EXAMPLE_CHECKPOINT)
         return SetParametersResult(successful=True)
 
     # ---- inputs ---------------------------------------------------------------------------------------------

@@ -27,9 +27,10 @@ class ModelChoice:
 
 
 def check_load_choices(backend: str, backends: Sequence[str], device: str, dtype: str,
-                       two_devices: bool = False) -> None:
+                       two_devices: bool = False, visible_gpus: int | None = None) -> None:
     """ValueError naming the first bad value and what is accepted. ``two_devices``: the backend can split the model
-    over two GPUs given as ``cuda:0,cuda:1``."""
+    over two GPUs given as ``cuda:0,cuda:1``. A GPU this machine does not have is refused too (``visible_gpus``:
+    how many there are; None: ask torch), so a node says so when the value is set, not in a failed load later."""
     if backend not in backends:
         raise ValueError(f"backend {backend!r} is not one of {', '.join(backends)}")
     if dtype not in DTYPES:
@@ -38,6 +39,19 @@ def check_load_choices(backend: str, backends: Sequence[str], device: str, dtype
     if not re.match(pattern, device):
         accepted = "auto, cpu, cuda, cuda:N" + (" or two of them (cuda:0,cuda:1)" if two_devices else "")
         raise ValueError(f"device {device!r} is not {accepted}")
+    gpus = [int(name.partition(":")[2] or 0) for name in device.split(",") if name.startswith("cuda")]
+    if gpus:
+        visible = _visible_gpus() if visible_gpus is None else visible_gpus
+        if max(gpus) >= visible:
+            seen = ("no CUDA GPU is visible" if visible == 0
+                    else f"{visible} CUDA GPU(s) visible (cuda:0..{visible - 1})")
+            raise ValueError(f"device {device!r}: {seen} on this machine")
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def resolve_auto(device: str, dtype: str) -> tuple[str, str]:

@@ -11,14 +11,26 @@ BACKENDS = ("native", "hf-official")
 
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1"])
 def test_one_device_forms_are_accepted_everywhere(device):
-    check_load_choices("native", BACKENDS, device, "bfloat16")
-    check_load_choices("native", BACKENDS, device, "auto", two_devices=True)
+    check_load_choices("native", BACKENDS, device, "bfloat16", visible_gpus=2)
+    check_load_choices("native", BACKENDS, device, "auto", two_devices=True, visible_gpus=2)
 
 
 def test_two_devices_only_where_the_backend_can_split():
-    check_load_choices("native", BACKENDS, "cuda:0,cuda:1", "float16", two_devices=True)
+    check_load_choices("native", BACKENDS, "cuda:0,cuda:1", "float16", two_devices=True, visible_gpus=2)
     with pytest.raises(ValueError, match=r"device 'cuda:0,cuda:1' is not auto, cpu, cuda, cuda:N$"):
-        check_load_choices("native", BACKENDS, "cuda:0,cuda:1", "float16")
+        check_load_choices("native", BACKENDS, "cuda:0,cuda:1", "float16", visible_gpus=2)
+
+
+@pytest.mark.parametrize(("device", "visible", "message"), [
+    ("cuda", 0, "device 'cuda': no CUDA GPU is visible on this machine"),
+    ("cuda:1", 1, "device 'cuda:1': 1 CUDA GPU(s) visible (cuda:0..0) on this machine"),
+    ("cuda:0,cuda:1", 1, "device 'cuda:0,cuda:1': 1 CUDA GPU(s) visible"),
+])
+def test_a_gpu_the_machine_does_not_have_is_refused(device, visible, message):
+    with pytest.raises(ValueError) as error:
+        check_load_choices("native", BACKENDS, device, "auto", two_devices=True, visible_gpus=visible)
+    assert str(error.value).startswith(message)
+    check_load_choices("native", BACKENDS, "auto", "auto", two_devices=True, visible_gpus=visible)  # auto: never
 
 
 @pytest.mark.parametrize(("backend", "device", "dtype", "message"), [

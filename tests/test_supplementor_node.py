@@ -250,6 +250,8 @@ def test_missing_or_corrupt_checkpoint_is_rejected_and_the_old_model_keeps_servi
     assert not malformed.successful and "malformed safetensors header" in malformed.reason, malformed.reason
     other_model = h.set_checkpoint(str(graph["tiny"] / "openvla_tiny"))  # whole, but the VLA's
     assert not other_model.successful and "model_type 'openvla'" in other_model.reason, other_model.reason
+    cleared = h.set_checkpoint("")  # would read as "no model" while the model kept publishing
+    assert not cleared.successful and f"checkpoint '' would not stop {serving}" in cleared.reason, cleared.reason
     for name, value, accepted in (("dtype", "int8", "bfloat16"), ("device", "gpu", "cuda:N"),
                                   ("backend", "onnx", "transformers, vllm")):
         result = h.set_string(name, value)
@@ -377,14 +379,23 @@ def test_a_failed_load_warns_until_the_serving_checkpoint_is_set_back(graph, tmp
 def test_without_a_checkpoint_the_device_can_be_chosen_before_the_first_load(graph, tmp_path):
     log = tmp_path / "empty.log"
     proc = start_node("supplementor_node.node", "supplementor.yaml",
-                      {"checkpoint": '""', "max_new_tokens": "256", "rate_hz": "30.0", "image_compressed": "false"},
-                      log, ros_args=("-r", "__ns:=/empty"))
+                      {"checkpoint": '""', "max_new_tokens": "256", "rate_hz": "30.0", "image_compressed": "false",
+                       "dtype": "fp16"}, log, ros_args=("-r", "__ns:=/empty"))
     try:
         h = Harness(graph["raw"].node, "/empty", compressed=False)
         h.task_pub.publish(String(data=TASK))
         assert h.wait_for(lambda: h.counters().get("model_id") == "none", 60)
+
+        def said(text: str) -> bool:
+            with h.received.lock:
+                return bool(h.received.diagnostics) and text in h.received.diagnostics[-1].message
+
+        # a bad value at start is said at start, not first when a checkpoint is set
+        assert h.wait_for(lambda: said("start-up values rejected: dtype 'fp16' is not one of"), 10)
         refused = h.set_string("dtype", "int8")
         assert not refused.successful and "dtype 'int8'" in refused.reason
+        assert h.set_string("dtype", "auto").successful
+        assert h.wait_for(lambda: said("no checkpoint set"), 10)  # what is left once the value is mended
         assert h.set_string("device", "cpu").successful, "a device must be settable before any checkpoint"
         checkpoint = str(graph["tiny"] / "qwen2_5_vl_tiny")
         assert h.set_checkpoint(checkpoint).successful

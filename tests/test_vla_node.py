@@ -303,6 +303,8 @@ def test_bad_values_rejected_with_reasons(vla: Harness, tmp_path):
     assert not vla.set(supplement_template="no slots here")[0].successful
     missing = vla.set(checkpoint="/nonexistent/openvla-7b")[0]
     assert not missing.successful and "config.json" in missing.reason
+    cleared = vla.set(checkpoint="")[0]  # would read as "no policy" while the policy kept acting
+    assert not cleared.successful and f"checkpoint '' would not stop {vla.checkpoint}" in cleared.reason
     other_model = vla.set(checkpoint=str(Path(vla.checkpoint).parent / "qwen2_5_vl_tiny"))[0]  # the supplementor's
     assert not other_model.successful and "model_type 'qwen2_5_vl', not 'openvla'" in other_model.reason
     for damage, said in ((lambda shard: shard.unlink(), "shards named in the index are missing"),
@@ -312,6 +314,8 @@ def test_bad_values_rejected_with_reasons(vla: Harness, tmp_path):
         damage(broken / "model-00003-of-00003.safetensors")
         result = vla.set(checkpoint=str(broken))[0]  # refused at once, not after a background load
         assert not result.successful and said in result.reason and "model-00003-of-00003" in result.reason
+    absent = vla.set(device="cuda:99")[0]  # said when set, not in a failed load later
+    assert not absent.successful and "device 'cuda:99'" in absent.reason and "on this machine" in absent.reason
     for name, value, accepted in (("dtype", "int8", "bfloat16"), ("device", "cuda:0;cuda:1", "cuda:0,cuda:1"),
                                   ("backend", "openvla", "native, hf-official")):
         result = vla.set(**{name: value})[0]

@@ -48,6 +48,7 @@ from vla_node.prompt_fusion import (
 from vla_node.widowx import clip_to_widowx
 
 NODE_NAME = "vla"
+EXAMPLE_CHECKPOINT = "/path/to/openvla-7b"  # in the hint of a node started without one
 STALE_POLICIES = ("hold", "none")
 _FACTS_KEPT = 64
 # A frame that arrived more than this long before the current task is never acted on for it: with no task (or
@@ -140,7 +141,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         problem = self._check_changes({}, self._unnorm_key_owner({}))  # at start: is the unnorm key the checkpoint's?
         if problem is None and self._param("checkpoint"):
             self._unnorm_keys[self._param("checkpoint")] = self._param("unnorm_key")
-        self._load_initial_model(self._policy_spec({}), "/path/to/openvla-7b", problem)
+        self._load_initial_model(self._policy_spec({}), EXAMPLE_CHECKPOINT, problem)
         self._start_worker("vla-inference")
 
     # ---- parameters and policies ----------------------------------------------------------------------------
@@ -213,8 +214,10 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
             self._unnorm_keys[owner] = self._value("unnorm_key", changes)
         if policy_changed:
             self._request_model(spec)
-        elif held_back:
-            self._load_initial_model(spec, "/path/to/openvla-7b")
+        elif held_back or (policy_set and not spec.checkpoint and self._startup_problem):
+            # the key the start-up checkpoint waited for; or a start-up value mended, no checkpoint yet: say what is
+            # left
+            self._load_initial_model(spec, EXAMPLE_CHECKPOINT)
         if any(PARAMETERS[n].group == "fusion" for n in changes):
             self._fusion = self._fusion_config(changes)
         if "control_rate_hz" in changes:

@@ -82,16 +82,16 @@ class ModelNode(Node, Generic[S, T]):
     # ---- the model ------------------------------------------------------------------------------------------
     def _load_initial_model(self, spec: S, example_checkpoint: str, problem: str | None = None) -> None:
         """Start loading ``spec`` unless it is empty or rejected (``problem``: a reason found by the subclass)."""
+        reason = self._check_spec(spec) or problem  # without a checkpoint: the device, dtype, ... still
+        if reason:
+            self._startup_problem = (f"start-up values rejected: {reason}; publishing nothing until that is mended "
+                                     "(`ros2 param set` or any parameter client, or a restart with other values)")
+            self.get_logger().error(self._startup_problem)
+            return
         if not spec.checkpoint:
             self._startup_problem = ("no checkpoint set: publishing nothing until one is set, e.g. `ros2 param set "
                                      f"{self.get_fully_qualified_name()} checkpoint {example_checkpoint}`")
             self.get_logger().warning(self._startup_problem)
-            return
-        reason = self._slot.check(spec) or problem
-        if reason:
-            self._startup_problem = (f"checkpoint rejected: {reason}; publishing nothing until that is mended "
-                                     "(`ros2 param set` or any parameter client, or a restart with other values)")
-            self.get_logger().error(self._startup_problem)
             return
         self._request_model(spec)
 
@@ -101,6 +101,10 @@ class ModelNode(Node, Generic[S, T]):
         rather than when a checkpoint is set later; with one, the whole preflight runs."""
         if spec.checkpoint:
             return self._slot.check(spec)
+        held = self._slot.target
+        if held is not None:  # accepted, it would read as "no model" while the old one kept publishing
+            return (f"checkpoint '' would not stop {held.checkpoint} (a node does not unload its {self.model_noun} "
+                    "while it runs): set another checkpoint, or stop the node")
         try:
             self._check_choices(spec)
         except ValueError as exc:
