@@ -186,7 +186,7 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
                                        latency_s=latency)
             if not self._publish_result(self._facts_pub, msg):
                 return
-            self._answered_stamp_ns = frame.stamp_ns
+            self._answered(frame.stamp_ns)
             self.health.latency.add(latency)
             self.health.count("facts_published")
             if not description.outcome.valid:

@@ -355,6 +355,30 @@ def test_max_new_tokens_too_small_for_the_schema_is_refused_with_the_minimum(gra
     assert not result.successful and "needs at least" in result.reason, result.reason
 
 
+def test_failing_inferences_turn_the_status_to_warn_until_one_succeeds(graph):
+    """A task the model's processor cannot take (it names the image placeholder token) fails every frame: nothing
+    is published, so the status must say so instead of OK."""
+    h: Harness = graph["raw"]
+    _first_facts_for(h, 7000)
+    assert h.counters()["last_inference_error"] == ""  # present before any error, like the counters
+    errors = int(h.counters()["inference_errors"])
+    h.task_pub.publish(String(data="pick up <|image_pad|> the cup"))
+
+    def warned():
+        with h.received.lock:
+            newest = h.received.diagnostics[-1]
+        return newest.level == DiagnosticStatus.WARN and newest.message.startswith("inference failed on")
+    try:
+        h.wait_for(lambda: int(h.counters()["inference_errors"]) > errors, 60,
+                   publish=lambda: h.image_pub.publish(h.frame(7001)), period=0.5)
+        h.wait_for(warned, 10)
+    finally:
+        h.task_pub.publish(String(data=h.task_text))
+    _first_facts_for(h, 7002)
+    h.wait_for(lambda: h.received.diagnostics[-1].level == DiagnosticStatus.OK, 10)
+    assert h.counters()["last_inference_error"].startswith("inference failed on")  # the text stays for the record
+
+
 def test_a_failed_load_warns_until_the_serving_checkpoint_is_set_back(graph, tmp_path):
     """A checkpoint that passes the quick check but fails to load (its config does not match its weights)."""
     h: Harness = graph["raw"]

@@ -345,7 +345,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
             if not self._publish_result(self._action_pub,
                                         self._action_msg(frame, clipped, prompt.mode, policy_id, choice, latency)):
                 return
-            self._answered_stamp_ns = frame.stamp_ns
+            self._answered(frame.stamp_ns)
             self._action_rate.tick()
             self.health.latency.add(latency)
             self.health.count("actions_published")

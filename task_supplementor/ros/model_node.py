@@ -18,6 +18,7 @@ from rclpy.node import Node
 from rclpy.publisher import Publisher
 from std_msgs.msg import Header
 
+from task_supplementor.devices import resolve_auto
 from task_supplementor.ros.diagnostics import Health, report_model_slot
 from task_supplementor.ros.model_slot import ModelSlot
 from task_supplementor.ros.params import ParamSpec, declare_parameters, ignored_overrides
@@ -66,6 +67,8 @@ class ModelNode(Node, Generic[S, T]):
         # header stamp of the frame answered last, in the status: a replay whose first frame has that stamp (an
         # earlier run ended on it) is told why the node takes it for a frame sent again and stays silent
         self._answered_stamp_ns: int | None = None
+        self._last_inference_error = ""  # set while the newest inference failed: the status is WARN meanwhile
+        self.health.set_field("last_inference_error", "")  # present from the first status on, as the counters are
         self._stopping = False
         self._startup_problem = ""
         self._worker: threading.Thread | None = None
@@ -150,10 +153,17 @@ class ModelNode(Node, Generic[S, T]):
             return False
         return True
 
+    def _answered(self, stamp_ns: int) -> None:
+        """An inference succeeded and its answer to the frame stamped ``stamp_ns`` is published."""
+        self._answered_stamp_ns = stamp_ns
+        self._last_inference_error = ""  # the field keeps the text; the status is OK again
+
     def _inference_failed(self, model_id: str, exc: Exception) -> None:
-        """Count and report a failed inference (log throttled); the worker goes on with the next input."""
+        """Count and report a failed inference (log throttled); the worker goes on with the next input. The status
+        is WARN until an inference succeeds again: a node that fails on every frame publishes nothing."""
         self.health.count("inference_errors")
-        self.health.set_field("last_inference_error", f"inference failed on {model_id}: {exc}")
+        self._last_inference_error = f"inference failed on {model_id}: {exc}"
+        self.health.set_field("last_inference_error", self._last_inference_error)
         self.get_logger().error(f"inference failed on {model_id}: {type(exc).__name__}: {exc}",
                                 throttle_duration_sec=10.0)
 
@@ -165,13 +175,16 @@ class ModelNode(Node, Generic[S, T]):
     def _publish_diagnostics(self) -> None:
         _, model_id = self._slot.current
         serving = self._slot.serving_spec
-        self.health.hardware_id = serving.device if serving is not None else self._param("device")
+        self.health.hardware_id = resolve_auto(serving.device if serving is not None else self._param("device"),
+                                               "auto")[0]  # "auto" says nothing about where the model runs
         answered = "none" if self._answered_stamp_ns is None else str(self._answered_stamp_ns)
         fields = {f"{self.model_noun}_id": model_id or "none", "task": self._task,
                   "last_answered_stamp_ns": answered, **self._diagnostic_fields()}
         for key, value in fields.items():
             self.health.set_field(key, value)
-        report_model_slot(self.health, self._slot, self._startup_problem, f"no {self.model_noun} loaded")
+        if report_model_slot(self.health, self._slot, self._startup_problem, f"no {self.model_noun} loaded") \
+                and self._last_inference_error and not self.health.warning:
+            self.health.warning = self._last_inference_error
         # a stop (Ctrl-C) can invalidate the context while this timer callback runs: then the status goes nowhere
         self._publish_result(self._diag_pub, self.health.to_array(Header(stamp=self.get_clock().now().to_msg())))
 
