@@ -27,7 +27,7 @@ from supplementor_node.prompt_spec import load_prompt_spec
 from task_supplementor.ros.convert import facts_outcome_to_msg
 from task_supplementor.devices import DTYPES, check_load_choices
 from task_supplementor.ros.camera import CameraFrame, CameraInput
-from task_supplementor.ros.model_node import ModelNode
+from task_supplementor.ros.model_node import ModelNode, shown_task
 from task_supplementor.ros.params import ParamSpec
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS
 from task_supplementor.ros.spin import spin_node
@@ -145,7 +145,7 @@ class SupplementorNode(ModelNode[DescriberConfig, Describer]):
         with self._cond:
             if msg.data != self._task:
                 self._task, self._task_fresh = msg.data, True
-                self.get_logger().info(f"new task: {msg.data!r}")
+                self.get_logger().info(f"new task: {shown_task(msg.data)!r}")
                 self._cond.notify_all()
 
     # ---- inference worker -----------------------------------------------------------------------------------

@@ -406,6 +406,19 @@ def test_an_empty_image_or_batch_is_refused(runtime):
         runtime.predict([], [], "bridge_orig")
 
 
+def test_a_prompt_past_the_trained_length_is_refused(runtime):
+    """openvla-7b was trained on 2048 tokens (config.json's llm_max_length); past it an action still comes out."""
+    limit = runtime.config.raw["llm_max_length"]
+    runtime.encode([official_prompt("pick up the cup " * 10)])
+    long = official_prompt("pick up the cup " * 600)
+    tokens = len(runtime.tokenizer(long).input_ids) + 1  # + the empty token OpenVLA appends (BOS is already there)
+    assert runtime.config.num_patches + tokens + 7 > limit
+    with pytest.raises(ValueError, match=rf"a prompt of {tokens} tokens \({len(long)} characters\) is too long: "
+                                         rf"with the {runtime.config.num_patches} image patches and 7 action tokens "
+                                         rf"it passes the policy's llm_max_length of {limit}"):
+        runtime.encode([long])
+
+
 def test_predict_from_ids_takes_images_resizes_or_pixel_values_alike(runtime):
     images = _images(2)
     ids = runtime.encode([official_prompt("open the drawer"), official_prompt("stack")])

@@ -208,6 +208,26 @@ def test_a_frame_from_before_the_task_is_not_acted_on_for_it(vla: Harness):
     assert vla.act(150) is not None  # the old stamp, sent now: a fresh frame as far as the node can tell
 
 
+def test_a_runaway_task_is_refused_per_frame_and_shown_cut_short(vla: Harness):
+    """Past the 2048 tokens openvla-7b was trained on an action would still come out; the node must not act on it,
+    and must not put 10 kB into every status and log line."""
+    runaway = "pick up the cup " * 700
+    errors = vla.counter("inference_errors")
+    vla.task_pub.publish(String(data=runaway))
+    try:
+        assert vla.wait_for(lambda: vla.diagnostics.get("task", "").endswith(f"... ({len(runaway)} characters)"), 10)
+        assert len(vla.diagnostics["task"]) < 300
+        for _ in range(5):
+            vla.image_pub.publish(vla.frame(160))
+            time.sleep(0.2)
+        assert vla.wait_for(lambda: "llm_max_length of 2048" in vla.diagnostics_message, 10), vla.diagnostics_message
+        assert vla.counter("inference_errors") > errors and not vla.actions_for(160)
+    finally:
+        vla.task_pub.publish(String(data=TASK))
+    assert vla.act(161) is not None
+    assert f"new task: '{runaway[:200]}... ({len(runaway)} characters)'" in vla.log.read_text()
+
+
 def test_mode_switch_fresh_and_stale_facts(vla: Harness, policy):
     assert all(r.successful for r in vla.set(prompt_mode="supplement", stale_facts_policy="hold",
                                             facts_max_age_s=1.0))  # hold: no frame acted on before the facts come

@@ -36,7 +36,7 @@ from task_supplementor_msgs.msg import VisualFacts, WidowXAction
 from task_supplementor.devices import DTYPES
 from task_supplementor.ros.camera import CameraFrame, CameraInput
 from task_supplementor.ros.diagnostics import RollingRate
-from task_supplementor.ros.model_node import ModelNode
+from task_supplementor.ros.model_node import ModelNode, shown_task
 from task_supplementor.ros.params import ParamSpec, StartupParameterError
 from task_supplementor.ros.qos import LATCHED_QOS, RELIABLE_QOS
 from task_supplementor.ros.spin import spin_node
@@ -253,7 +253,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
             if msg.data != self._task:
                 self._task = msg.data
                 self._task_received = time.monotonic()
-                self.get_logger().info(f"new task: {msg.data!r}")
+                self.get_logger().info(f"new task: {shown_task(msg.data)!r}")
 
     def _on_facts(self, msg: VisualFacts) -> None:
         with self._cond:

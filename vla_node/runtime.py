@@ -25,6 +25,8 @@ from vla_node.model import OpenVLAModel
 from vla_node.preprocessing import ImageLike, ImagePreprocessor
 from vla_node.prompting import with_empty_token
 
+ACTION_TOKENS = 7  # one per dimension of a WidowX action, generated after the prompt
+
 
 @dataclass
 class Prefill:
@@ -90,10 +92,18 @@ class OpenVLARuntime:
         if self.tokenizer is None:
             raise RuntimeError("this checkpoint directory has no tokenizer files; pass token ids instead")
         bos = self.tokenizer.bos_token_id
+        # WHY a limit: past the length it was trained on (config.json's llm_max_length, 2048 for openvla-7b) the
+        # model still returns an action, one nobody should let move a robot (e.g. a runaway task text)
+        limit = int(self.config.raw.get("llm_max_length") or 0)
         encoded = []
         for prompt in prompts:
             ids = list(self.tokenizer(prompt).input_ids)
-            encoded.append(with_empty_token(ids if bos is None or ids[:1] == [bos] else [bos] + ids))
+            ids = with_empty_token(ids if bos is None or ids[:1] == [bos] else [bos] + ids)
+            if limit and self.config.num_patches + len(ids) + ACTION_TOKENS > limit:
+                raise ValueError(f"a prompt of {len(ids)} tokens ({len(prompt)} characters) is too long: with the "
+                                 f"{self.config.num_patches} image patches and {ACTION_TOKENS} action tokens it "
+                                 f"passes the policy's llm_max_length of {limit}")
+            encoded.append(ids)
         return encoded
 
     # ---- model passes --------------------------------------------------------------------------------------
@@ -131,7 +141,7 @@ class OpenVLARuntime:
         return Prefill(out.logits, mask, positions, out.past_key_values)
 
     @torch.inference_mode()
-    def generate(self, pixel_values: torch.Tensor, prompt_ids: Sequence[Sequence[int]], steps: int = 7,
+    def generate(self, pixel_values: torch.Tensor, prompt_ids: Sequence[Sequence[int]], steps: int = ACTION_TOKENS,
                  return_logits: bool = False) -> Generation:
         """Greedy (unconstrained argmax over the full vocabulary, as official) decoding with a KV cache."""
         state = self.prefill(pixel_values, [with_empty_token(ids) for ids in prompt_ids])

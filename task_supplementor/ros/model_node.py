@@ -24,6 +24,15 @@ from task_supplementor.ros.model_slot import ModelSlot
 from task_supplementor.ros.params import ParamSpec, declare_parameters, ignored_overrides
 
 
+TASK_SHOWN_CHARS = 200  # of a task, in a log line or a status field (the message carries the whole text)
+
+
+def shown_task(task: str) -> str:
+    """``task`` as logs and /diagnostics show it: whole up to TASK_SHOWN_CHARS, else its start and its length (a
+    runaway task text must not fill every log line and every status, once a second)."""
+    return task if len(task) <= TASK_SHOWN_CHARS else f"{task[:TASK_SHOWN_CHARS]}... ({len(task)} characters)"
+
+
 class CheckpointSpec(Protocol):
     """A load spec names its checkpoint (the model id messages carry and the diagnostics show) and its device (the
     diagnostics' hardware id)."""
@@ -178,7 +187,7 @@ class ModelNode(Node, Generic[S, T]):
         self.health.hardware_id = resolve_auto(serving.device if serving is not None else self._param("device"),
                                                "auto")[0]  # "auto" says nothing about where the model runs
         answered = "none" if self._answered_stamp_ns is None else str(self._answered_stamp_ns)
-        fields = {f"{self.model_noun}_id": model_id or "none", "task": self._task,
+        fields = {f"{self.model_noun}_id": model_id or "none", "task": shown_task(self._task),
                   "last_answered_stamp_ns": answered, **self._diagnostic_fields()}
         for key, value in fields.items():
             self.health.set_field(key, value)
