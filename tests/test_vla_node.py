@@ -424,7 +424,7 @@ def test_failed_swap_keeps_policy_and_key_then_a_retry_loads_with_the_new_key(vl
     assert failed, f"the broken checkpoint's load error never showed: {vla.diagnostics}"
     action = vla.act(900)
     assert action is not None and action.policy_id == vla.checkpoint
-    assert vla.diagnostics["unnorm_key"] == "bridge_orig"
+    assert vla.wait_for(lambda: vla.diagnostics["unnorm_key"] == "bridge_orig", 10)
     assert vla.counter("inference_errors") == errors_before
     (tmp_path / shard.name).replace(shard)
     assert vla.set(checkpoint=str(other))[0].successful  # the same value again: a retry
@@ -441,6 +441,34 @@ def test_failed_swap_keeps_policy_and_key_then_a_retry_loads_with_the_new_key(vl
     # back, for tests that follow: the key first (it goes with the serving "other"), then the checkpoint
     assert all(r.successful for r in vla.set(unnorm_key="bridge_orig", checkpoint=vla.checkpoint))
     assert vla.wait_for(lambda: (a := vla.act(next(stamps))) is not None and a.policy_id == vla.checkpoint, 60)
+
+
+def test_a_checkpoint_sharing_no_key_waits_for_one_of_its_own_then_loads(vla: Harness, tmp_path):
+    """`ros2 param set` sets one parameter per call: going to a checkpoint fine-tuned on another dataset (its only
+    key is its own, as finetune.py writes) and back must work one set at a time, in the natural order."""
+    tuned = tmp_path / "finetuned"
+    constant = [0.02, -0.01, 0.04, -0.03, 0.06, -0.05, 0.0]
+    shutil.copytree(vla.checkpoint, tuned)
+    stats = json.loads((tuned / "config.json").read_text())["norm_stats"]["bridge_orig"]
+    stats["action"]["q01"] = stats["action"]["q99"] = constant
+    (tuned / "dataset_statistics.json").write_text(json.dumps({"my_robot": stats}))
+    accepted = vla.set(checkpoint=str(tuned))[0]
+    assert accepted.successful, accepted.reason
+    waiting = f"checkpoint {tuned} waits for an unnorm_key of its own (my_robot; 'bridge_orig' is not one)"
+    assert vla.wait_for(lambda: waiting in vla.diagnostics_message, 10), vla.diagnostics_message
+    stamps = iter(range(1300, 1500))
+    assert vla.act(next(stamps)).policy_id == vla.checkpoint  # the serving policy acts meanwhile, with its own key
+    wrong = vla.set(unnorm_key="bridge")[0]
+    assert not wrong.successful and "available unnorm keys: my_robot" in wrong.reason, wrong.reason
+    assert vla.set(unnorm_key="my_robot")[0].successful
+    served = vla.wait_for(lambda: (a := vla.act(next(stamps))) is not None and a.policy_id == str(tuned) and a, 60)
+    assert served, f"the fine-tuned checkpoint never served: {vla.diagnostics}"
+    np.testing.assert_allclose(np.array(served.raw[:6]), constant[:6], atol=1e-6)
+    assert vla.wait_for(lambda: waiting not in vla.diagnostics_message, 10), vla.diagnostics_message
+    assert vla.set(checkpoint=vla.checkpoint)[0].successful  # and back
+    assert vla.set(unnorm_key="bridge_orig")[0].successful
+    assert vla.wait_for(lambda: (a := vla.act(next(stamps))) is not None and a.policy_id == vla.checkpoint, 60)
+    assert vla.wait_for(lambda: vla.diagnostics["unnorm_key"] == "bridge_orig", 10)
 
 
 def test_a_start_up_value_no_checkpoint_can_mend_ends_the_node_with_one_line(vla: Harness, tmp_path):

@@ -123,6 +123,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         self._last_stamp_ns: int | None = None  # the newest frame's stamp (stamps going back = a new pass)
         self._acted_stamp: int | None = None  # stamp of the last frame acted on (never re-used)
         self._task_received = 0.0  # monotonic time the current task came
+        self._awaiting_key = ""  # a checkpoint accepted while its statistics lack the unnorm key; loads once one is set
         self._stale_counted_stamp: int | None = None
         self._facts: deque[tuple[float, VisualFacts]] = deque(maxlen=_FACTS_KEPT)  # (monotonic receipt, facts)
         self._ticks = 0
@@ -164,7 +165,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         target = self._slot.target
         if target is None or any(PARAMETERS[name].group == "policy" for name in changes):
             return self._policy_spec(changes).checkpoint
-        return target.checkpoint
+        return self._awaiting_key or target.checkpoint
 
     def _check_changes(self, changes: dict[str, Any], owner: str) -> str | None:
         """The reason to reject ``changes``, or None. Cheap: reads ``owner``'s config.json at most (the checkpoint
@@ -172,6 +173,14 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         try:
             self._fusion_config(changes)
             self._check_stale_facts_policy(changes)
+        except ValueError as error:
+            return str(error)
+        return self._key_problem(changes, owner)
+
+    def _key_problem(self, changes: dict[str, Any], owner: str) -> str | None:
+        """Why the ``unnorm_key`` after ``changes`` cannot un-normalise ``owner``'s actions (None: it can, or no
+        owner)."""
+        try:
             if owner:
                 check_unnorm_key(self._norm_stats(owner), self._value("unnorm_key", changes), owner)
         except ValueError as error:
@@ -200,24 +209,35 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         reason = self._check_changes(changes, owner)
         spec = self._policy_spec(changes)
         policy_changed = bool(spec.checkpoint) and policy_set
+        spec_problem = self._check_spec(spec) if policy_set else None
+        # a checkpoint whose statistics lack the current key, while a policy serves: accepted, and loaded once a key
+        # it has is set. WHY: `ros2 param set` sets one parameter per call, and neither order could otherwise go
+        # from one checkpoint to another that shares no key (e.g. to one fine-tuned with finetune.py and back)
+        awaiting = (policy_changed and "unnorm_key" not in changes and self._slot.target is not None
+                    and spec_problem is None and reason is not None and reason == self._key_problem(changes, owner))
+        key_arrived = "unnorm_key" in changes and not policy_set and bool(self._awaiting_key)
         # the start-up checkpoint was held back (e.g. its unnorm key was wrong), no policy came since, and the key
         # changes now: this change may be what it waited for
         held_back = ("unnorm_key" in changes and bool(spec.checkpoint) and not policy_changed
                      and self._slot.target is None and bool(self._startup_problem))
-        if reason is None and policy_set:
-            reason = self._check_spec(spec)
+        reason = None if awaiting else reason or spec_problem
         if reason:
             self.get_logger().error(f"rejected parameter change {changes}: {reason}")
             return SetParametersResult(successful=False, reason=reason)
-        if owner and (policy_changed or held_back or "unnorm_key" in changes):
-            # recorded before the load is requested, so the key is there the moment the policy starts serving
-            self._unnorm_keys[owner] = self._value("unnorm_key", changes)
-        if policy_changed:
+        if awaiting:
+            self._awaiting_key = spec.checkpoint
+            self.get_logger().warning(self._awaiting_message())
+        elif policy_changed or key_arrived:  # (key_arrived: the owner below is the checkpoint that waited)
+            self._unnorm_keys[owner] = self._value("unnorm_key", changes)  # there the moment the policy serves
+            self._awaiting_key = ""
             self._request_model(spec)
-        elif held_back or (policy_set and not spec.checkpoint and self._startup_problem):
+        else:
+            if owner and "unnorm_key" in changes:
+                self._unnorm_keys[owner] = self._value("unnorm_key", changes)
             # the key the start-up checkpoint waited for; or a start-up value mended, no checkpoint yet: say what is
             # left
-            self._load_initial_model(spec, EXAMPLE_CHECKPOINT)
+            if held_back or (policy_set and not spec.checkpoint and self._startup_problem):
+                self._load_initial_model(spec, EXAMPLE_CHECKPOINT)
         if any(PARAMETERS[n].group == "fusion" for n in changes):
             self._fusion = self._fusion_config(changes)
         if "control_rate_hz" in changes:
@@ -364,6 +384,15 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
             latency_s=float(latency))
 
     # ---- diagnostics --------------------------------------------------------------------------------------------
+    def _awaiting_message(self) -> str:
+        keys = ", ".join(sorted(self._norm_stats(self._awaiting_key)))
+        return (f"checkpoint {self._awaiting_key} waits for an unnorm_key of its own ({keys}; "
+                f"'{self._param('unnorm_key')}' is not one): set unnorm_key to load it; "
+                f"{self._slot.current[1] or 'the serving policy'} keeps serving meanwhile")
+
+    def _warning(self) -> str:
+        return self._awaiting_message() if self._awaiting_key else ""
+
     def _diagnostic_fields(self) -> dict[str, str]:
         _, policy_id = self._slot.current
         return {"prompt_mode": self._fusion.mode, "unnorm_key": self._unnorm_keys.get(policy_id, ""),

@@ -177,6 +177,10 @@ class ModelNode(Node, Generic[S, T]):
                                 throttle_duration_sec=10.0)
 
     # ---- diagnostics and shutdown ---------------------------------------------------------------------------
+    def _warning(self) -> str:
+        """A node-specific reason for WARN while its model serves ("" for none)."""
+        return ""
+
     def _diagnostic_fields(self) -> dict[str, str]:
         """Node-specific text fields of the status (the model id, the task and the slot state are added here)."""
         return {}
@@ -192,8 +196,8 @@ class ModelNode(Node, Generic[S, T]):
         for key, value in fields.items():
             self.health.set_field(key, value)
         if report_model_slot(self.health, self._slot, self._startup_problem, f"no {self.model_noun} loaded") \
-                and self._last_inference_error and not self.health.warning:
-            self.health.warning = self._last_inference_error
+                and not self.health.warning:
+            self.health.warning = self._warning() or self._last_inference_error
         # a stop (Ctrl-C) can invalidate the context while this timer callback runs: then the status goes nowhere
         self._publish_result(self._diag_pub, self.health.to_array(Header(stamp=self.get_clock().now().to_msg())))
 
