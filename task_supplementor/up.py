@@ -173,9 +173,11 @@ def run(args: argparse.Namespace) -> int:
         return 0 if all(code == 0 for code in codes.values()) else 1
     except NodeDied as died:
         _ignore_stop_signals()
-        suite.stop()
-        print(f"task-supplementor up: {died}", file=sys.stderr)
-        return died.returncode or 1
+        codes = suite.stop()
+        others = ", ".join(f"{n} exit {c}" for n, c in codes.items() if n != died.name)
+        print(f"task-supplementor up: {died}" + (f" ({others})" if others else ""), file=sys.stderr)
+        # a node ended by a signal (returncode -N) gives 128 + N, as a shell reports it (not -N & 0xff)
+        return 128 - died.returncode if died.returncode < 0 else died.returncode or 1
 
 
 def _ignore_stop_signals() -> None:

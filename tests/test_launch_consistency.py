@@ -247,8 +247,26 @@ def test_up_names_the_node_that_dies(tiny_models: Path, tmp_path: Path) -> None:
     vla_yaml.write_text(vla_yaml.read_text().replace("control_rate_hz: 5.0", "control_rate_hz: 5"))
     result = subprocess.run(up_command(tiny_models, "--config-dir", str(tmp_path)), capture_output=True, text=True,
                             timeout=120)
-    assert result.returncode != 0
-    assert "node 'vla' exited with code" in result.stderr, result.stderr
+    assert result.returncode == 2, result.stderr  # the node's own code (a bad start-up value)
+    assert "node 'vla' exited with code 2; the other nodes were stopped (supplementor exit 0)" in result.stderr, \
+        result.stderr
+
+
+def test_a_node_killed_by_a_signal_ends_up_with_128_plus_the_signal(tiny_models: Path) -> None:
+    process = subprocess.Popen(up_command(tiny_models), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        started = ""
+        while "up: started" not in started and process.poll() is None:
+            started = process.stdout.readline()
+        vla_pid = int(re.search(r"vla \(pid (\d+)\)", started).group(1))
+        os.kill(vla_pid, signal.SIGKILL)
+        output, _ = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signal.SIGKILL, output  # as a shell reports it; -9 & 0xff would be 247
+    assert "node 'vla' exited with code -9; the other nodes were stopped (supplementor exit " in output, output
 
 
 def test_replay_launch_passes_only_options_the_replay_command_has() -> None:

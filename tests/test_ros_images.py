@@ -81,6 +81,8 @@ def test_bad_raw_images_name_their_kind(rgb):
                                       data=bytes(good.data)[:-10])) == "truncated"
     assert _kind(imgmsg_to_rgb, Image(height=12, width=17, encoding="rgb8", step=10, data=b"\0" * 612)) \
         == "bad_size"
+    assert _kind(imgmsg_to_rgb, Image(height=12, width=17, encoding="rgb8", step=51,
+                                      data=bytes(good.data) + b"\0" * 51)) == "bad_size"  # a row more than it says
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "png"])

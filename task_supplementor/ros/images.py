@@ -53,6 +53,8 @@ def imgmsg_to_rgb(msg: Image) -> np.ndarray:
     data = _as_bytes(msg.data)
     if len(data) < step * height:
         raise ImageDecodeError("truncated", f"{len(data)} bytes for {height} rows of {step} bytes")
+    if len(data) > step * height:  # sensor_msgs/Image: data is step * height bytes; more means a wrong step or size
+        raise ImageDecodeError("bad_size", f"{len(data)} bytes, but {height} rows of {step} bytes make {step * height}")
     rows = np.frombuffer(data, dtype=np.uint8, count=step * height).reshape(height, step)
     pixels = rows[:, : width * channels].reshape(height, width, channels)
     if msg.encoding == "rgb8":
