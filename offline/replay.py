@@ -28,6 +28,7 @@ import dataclasses
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from offline import topics
@@ -45,6 +46,9 @@ OUTPUT_TOPICS = {  # what the nodes publish -> (type, reliable)
     topics.DIAGNOSTICS: "diagnostic_msgs/msg/DiagnosticArray",
 }
 MATCH_SETTLE_S = 0.5  # discovery says "matched" a little before the first best-effort sample is surely delivered
+# The camera's subscribers must stay all matched this long before the first frame: the first node discovered is
+# not always the last (a realtime replay, which sends nothing twice, lost the vla's first frames to that)
+DISCOVERY_QUIET_S = 1.5
 GROUND_TRUTH_TOPIC = topics.ACTION  # copied into the record (not published): predictions vs. truth per frame
 # Between the last stamp of one bag and the first of the next in a run: far beyond any facts age a node accepts, so
 # no node ever fuses one bag's facts into the next bag's frames, not even as "recent" facts.
@@ -215,14 +219,19 @@ class _Recorder:
         with self.lock:
             self.path, self.input_topics, self.inputs, self.outputs = path, input_topics, [], []
 
-    def close(self) -> list[tuple[str, int, object, bytes]]:
-        """Write the record (when it has a path) and hand back this bag's outputs."""
+    def close(self, frame_stamps: set[int] | None = None) -> list[tuple[str, int, object, bytes]]:
+        """Write the record (when it has a path) and hand back this bag's outputs: /diagnostics, and facts and
+        actions for the frames published (``frame_stamps``; None: all, for a bag cut short). WHY the filter: a node
+        answers a new task by describing the frame it holds, the previous bag's last (or an earlier run's), under
+        that frame's stamp."""
         from rosbags.rosbag2 import Writer
 
         from offline.episode_bag import BAG_VERSION, STORAGES
 
         with self.lock:
-            path, inputs, outputs = self.path, self.inputs, self.outputs
+            path, inputs = self.path, self.inputs
+            outputs = [o for o in self.outputs
+                       if frame_stamps is None or o[0] == topics.DIAGNOSTICS or stamp_ns(o[2]) in frame_stamps]
             self.path, self.inputs, self.outputs = None, [], []
         if path is not None:
             with Writer(path, version=BAG_VERSION, storage_plugin=STORAGES[self.storage]) as writer:
@@ -348,14 +357,21 @@ class _Player:
     def wait_for_subscriber(self, topic: str, msgtype: str, timeout: float, need_action_publisher: bool) -> None:
         pub = self.publisher(topic, msgtype)
         deadline = time.monotonic() + timeout
+        quiet_since: float | None = None  # since when every discovered subscriber is matched, with no new one
+        seen = 0
         while time.monotonic() < deadline:
-            ready = pub.get_subscription_count() > 0
+            known = self.node.count_subscribers(topic)  # every subscriber discovered, matched or not yet
+            matched = pub.get_subscription_count()
+            ready = matched > 0 and matched >= known
             if need_action_publisher:
                 ready = ready and self.node.count_publishers(topics.ACTION_OUT) > 0
-            if ready:
-                if topic not in self.matched:
-                    self.matched.add(topic)
-                    time.sleep(MATCH_SETTLE_S)
+            if ready and topic in self.matched:
+                return
+            if not ready or matched != seen or quiet_since is None:
+                quiet_since, seen = (time.monotonic() if ready else None), matched
+            elif time.monotonic() - quiet_since >= DISCOVERY_QUIET_S:
+                self.matched.add(topic)
+                time.sleep(MATCH_SETTLE_S)
                 return
             time.sleep(0.05)
         wanted = f"subscriber on {topic}" + (f" or no publisher of {topics.ACTION_OUT}" if need_action_publisher
@@ -400,8 +416,11 @@ def _frame_entry(bag: str, frame: _Published, outputs, truth) -> dict:
              "timing": {"published_ns": frame.published_ns}}
     if actions:
         received, action = actions[0]
-        entry["action"] = {"raw": [float(v) for v in action.raw], "gripper": float(action.gripper),
-                           "clipped": bool(action.clipped), "prompt_mode": action.prompt_mode,
+        sent = [action.delta_xyz.x, action.delta_xyz.y, action.delta_xyz.z, action.delta_rpy.x, action.delta_rpy.y,
+                action.delta_rpy.z, action.gripper]
+        entry["action"] = {"raw": [float(v) for v in action.raw], "sent": [float(v) for v in sent],
+                           "gripper": float(action.gripper), "clipped": bool(action.clipped),
+                           "prompt_mode": action.prompt_mode,
                            "policy_id": action.policy_id, "facts_age_s": float(action.facts_age_s)}
         entry["timing"].update(action_wait_s=(received - frame.published_ns) / 1e9,
                                action_latency_s=float(action.latency_s))
@@ -500,7 +519,7 @@ def _replay_bag(player: _Player, recorder: _Recorder, plan: BagPlan, config: Rep
             first_action_pending = False
         pending.append(_Published(len(pending), stamp, stamp - offset, task, published, timed_out))
     time.sleep(config.drain_s)
-    outputs = recorder.close()
+    outputs = recorder.close({frame.stamp for frame in pending})
     entries = [_frame_entry(plan.name, frame, outputs, truths[frame.stamp].msg if frame.stamp in truths else None)
                for frame in pending]
     return entries, next_free_ns
@@ -509,8 +528,12 @@ def _replay_bag(player: _Player, recorder: _Recorder, plan: BagPlan, config: Rep
 def _summary(frames: list[dict], config: ReplayConfig, bags: list[str], seconds: float) -> dict:
     acted = [f for f in frames if f["action"] is not None]
     waits = sorted(f["timing"]["action_wait_s"] for f in acted)
+    # what acted and how: a run whose policy or prompt mode changed part-way (a resume after a parameter change)
+    # shows it here, not only frame by frame
+    by = {key: dict(sorted(Counter(f["action"][key] for f in acted).items())) for key in ("prompt_mode", "policy_id")}
     return {"mode": config.mode, "rate": config.rate if config.mode == "realtime" else None, "bags": bags,
-            "frames": len(frames), "actions": len(acted), "facts": sum(f["facts"] is not None for f in frames),
+            "frames": len(frames), "actions": len(acted), "actions_by_prompt_mode": by["prompt_mode"],
+            "actions_by_policy": by["policy_id"], "facts": sum(f["facts"] is not None for f in frames),
             "timeouts": sum(bool(f["timed_out"]) for f in frames),
             "duplicate_actions": sum(max(0, f["actions_for_frame"] - 1) for f in frames),
             "action_wait_p50_s": waits[len(waits) // 2] if waits else None,
@@ -581,7 +604,7 @@ def replay(config: ReplayConfig) -> ReplayResult:
                       f"{len(run.frames)} frames, {timeouts} timeouts in all)", file=sys.stderr, flush=True)
     finally:
         bar.close()
-        recorder.close()
+        recorder.close()  # a bag cut short (error, Ctrl-C): its partial record, which --resume replaces
         if player is not None:
             player.close()
     summary = _summary(run.frames, config, [plan.name for plan in plans], run.seconds)
@@ -614,6 +637,8 @@ def _parse_remap(text: str) -> tuple[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("exit status: 0 done; 1 done, but some lockstep frames timed out (recorded per frame); 2 bad "
+                     "input, or nothing answered the first frame; 130 interrupted (--resume finishes the run)")
     parser.add_argument("bags", nargs="*", type=Path, help="rosbag2 folders to replay, in order")
     parser.add_argument("--manifest", type=Path, default=None, help="a conversion folder or its manifest.jsonl")
     parser.add_argument("--split", default=None, help="manifest selection: only this split")
@@ -678,4 +703,8 @@ def run(args: argparse.Namespace) -> int:
           f"{s['facts']} facts, {s['timeouts']} timeouts, {rate}")
     if result.out:
         print(f"record: {result.out}/records, per frame: {result.out}/frames.jsonl")
+    if s["mode"] == "realtime" and s["frames"] and not s["actions"]:
+        print("replay: no action in real time: a vla with require_frame_facts acts on a frame only if its facts come "
+              "before the next frame replaces it; use lockstep, a lower --rate, or require_frame_facts false",
+              file=sys.stderr)
     return 0 if s["timeouts"] == 0 else 1

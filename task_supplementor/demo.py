@@ -116,6 +116,8 @@ def summarise(frames: list[dict]) -> dict:
         "example_supplement": next((f["supplement"] for f in sorted(facts, key=lambda f: not f["valid"])
                                     if f["supplement"]), None),
         "fused_supplements": sum(bool(a["prompt_mode"] == "supplement") for a in actions),
+        "actions_by_prompt_mode": {mode: sum(a["prompt_mode"] == mode for a in actions)
+                                   for mode in sorted({a["prompt_mode"] for a in actions})},
     }
 
 
@@ -136,7 +138,9 @@ def print_summary(summary: dict, run_dir: Path, sheet: Path | None, seconds: flo
         f"frame -> action latency p50/p95: {ms(summary['action_latency_p50_s'])} / "
         f"{ms(summary['action_latency_p95_s'])} (the vla's, waiting for the frame's facts included)",
     ]
-    lines.append(f"actions whose prompt fused a supplement: {summary['fused_supplements']} of {summary['actions']}")
+    modes = ", ".join(f"{mode} {count}" for mode, count in summary["actions_by_prompt_mode"].items()) or "-"
+    lines.append(f"actions whose prompt fused a supplement: {summary['fused_supplements']} of {summary['actions']}"
+                 f"   (prompt modes acted with: {modes})")
     if summary["example_supplement"]:
         lines.append(f"example supplement: {summary['example_supplement']!r}")
     if rate == 0 and summary["facts"]:

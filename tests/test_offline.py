@@ -588,30 +588,46 @@ def _start_suite(tiny_models: Path, logs: Path, **vla_parameters: str):
 
 
 def test_lockstep_replay_through_the_running_nodes_records_one_output_per_frame(converted, tiny_models, tmp_path):
+    """Two bags with different tasks: the supplementor answers the second task by describing the frame it holds
+    (the first bag's last) under that frame's stamp; the second bag's record must not take those facts."""
+    from offline.bag_io import read_bag, stamp_ns
     from offline.inspect_bag import inspect_bag
     from offline.replay import ReplayConfig, replay
 
     frames = 3
+    first = _records(converted)[0]
+    second = next(r for r in _records(converted) if r.task != first.task)
     supplementor, vla = _start_suite(tiny_models, tmp_path, prompt_mode="none", control_rate_hz="10.0")
     try:
-        result = replay(ReplayConfig(manifest=converted.out_dir, episodes="0:1", max_frames=frames,
-                                     out=tmp_path / "lockstep", wait_facts=True, action_timeout_s=20.0,
-                                     startup_timeout_s=60.0))
+        result = replay(ReplayConfig(bags=[converted.bag_path(first), converted.bag_path(second)],
+                                     max_frames=frames, out=tmp_path / "lockstep", wait_facts=True,
+                                     action_timeout_s=20.0, startup_timeout_s=60.0))
     finally:
         stopped = stop_nodes({"supplementor": (supplementor, tmp_path / "supplementor.log"),
                               "vla": (vla, tmp_path / "vla.log")}, signal.SIGINT)
     logs = "\n".join(f"--- {name} (exit {s.code})\n{s.log_tail[-3000:]}" for name, s in stopped.items())
     assert all(s.clean for s in stopped.values()), f"a node did not exit cleanly on SIGINT:\n{logs}"
     assert result.summary["timeouts"] == 0, logs
-    assert [f["actions_for_frame"] for f in result.frames] == [1] * frames, logs
-    assert [f["facts_for_frame"] for f in result.frames] == [1] * frames, logs
+    assert [f["actions_for_frame"] for f in result.frames] == [1] * 2 * frames, logs
+    assert [f["facts_for_frame"] for f in result.frames] == [1] * 2 * frames, logs
+    assert result.summary["actions_by_prompt_mode"] == {"none": 2 * frames}
+    assert result.summary["actions_by_policy"] == {str(tiny_models / "openvla_tiny"): 2 * frames}
     for entry in result.frames:
         assert entry["action"]["prompt_mode"] == "none" and entry["ground_truth"] is not None
-    record_bag = result.out / "records" / result.summary["bags"][0]
-    counts = {t.topic: t.count for t in inspect_bag(record_bag).topics}
-    assert counts["/vla/action"] == frames and counts["/camera/image_raw/compressed"] == frames
+        sent = entry["action"]["sent"]  # what went out: the policy's vector clipped to the WidowX bounds
+        assert all(abs(v) <= 0.05 + 1e-9 for v in sent[:3]) and all(abs(v) <= 0.25 + 1e-9 for v in sent[3:6])
+        moved = any(abs(a - b) > 1e-6 for a, b in zip(sent, entry["action"]["raw"]))
+        assert moved == entry["action"]["clipped"], entry["action"]
+    for bag in result.summary["bags"]:
+        record_bag = result.out / "records" / bag
+        counts = {t.topic: t.count for t in inspect_bag(record_bag).topics}
+        assert counts["/vla/action"] == frames and counts["/camera/image_raw/compressed"] == frames
+        assert counts["/supplementor/facts"] == frames, counts
+        own = {f["stamp_ns"] for f in result.frames if f["bag"] == bag}
+        about = {stamp_ns(m.msg) for m in read_bag(record_bag, topics={"/supplementor/facts", "/vla/action"})}
+        assert about == own, f"{bag}'s record holds outputs about other frames"
     lines = (result.out / "frames.jsonl").read_text().splitlines()
-    assert len(lines) == frames
+    assert len(lines) == 2 * frames
 
 
 def test_a_lockstep_replay_nothing_answers_ends_at_the_first_frame_with_the_nodes_diagnostics(converted, tiny_models,
