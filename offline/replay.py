@@ -273,6 +273,15 @@ class _Recorder:
                     for name, status in sorted(latest.items()) if int(status.level) != 0]
         if problems:
             return "The nodes' /diagnostics say: " + "; ".join(problems)
+        starved = [name for name, status in sorted(latest.items())
+                   if int(_field(status, "ticks_waiting_for_facts") or 0) > 0
+                   and int(_field(status, "facts_received") or 0) == 0]
+        if starved:
+            why = ("the supplementor's status was heard, so check that its facts topic reaches the vla"
+                   if any(name.endswith(": visual facts") for name in latest) else
+                   "no supplementor was heard on /diagnostics: start one in this ROS_DOMAIN_ID, or run the vla with "
+                   "require_frame_facts false")
+            return f"{', '.join(starved)} waits for each frame's facts (require_frame_facts) and has heard none: {why}"
         if latest:
             return "No node reports a problem on /diagnostics (a longer --startup-timeout for large models?)"
         return "Nothing was heard on /diagnostics either: are the nodes running in this ROS_DOMAIN_ID?"

@@ -650,6 +650,22 @@ def test_a_lockstep_replay_nothing_answers_ends_at_the_first_frame_with_the_node
     assert time.monotonic() - started < 60  # one start-up timeout, not one per frame
 
 
+def test_a_vla_waiting_for_facts_no_supplementor_sends_is_named_as_such(converted, tiny_models, tmp_path):
+    from offline.replay import ReplayConfig, replay
+
+    vla = start_node("vla_node.node", "vla.yaml", {"checkpoint": str(tiny_models / "openvla_tiny"), "device": "cpu",
+                                                   "prompt_mode": "supplement", "require_frame_facts": "true"},
+                     tmp_path / "vla.log")
+    try:
+        with pytest.raises(TimeoutError) as raised:
+            replay(ReplayConfig(manifest=converted.out_dir, episodes="0:1", max_frames=2, startup_timeout_s=25.0))
+    finally:
+        stopped = stop_nodes({"vla": (vla, tmp_path / "vla.log")}, signal.SIGINT)
+    assert stopped["vla"].clean, stopped["vla"].log_tail
+    assert ("/vla: actions waits for each frame's facts (require_frame_facts) and has heard none: no supplementor "
+            "was heard") in str(raised.value), raised.value
+
+
 def test_a_one_frame_run_replayed_again_is_told_to_restart_the_nodes(converted, tiny_models, tmp_path):
     """Nodes answer a frame stamp once (a lockstep replay re-sends a frame it heard nothing about; a live camera
     may repeat a frame): a second one-frame run of the same bag sends the very frame they answered last, and they
