@@ -231,6 +231,7 @@ def test_a_runaway_task_is_refused_per_frame_and_shown_cut_short(vla: Harness):
 def test_mode_switch_fresh_and_stale_facts(vla: Harness, policy):
     assert all(r.successful for r in vla.set(prompt_mode="supplement", stale_facts_policy="hold",
                                             facts_max_age_s=1.0))  # hold: no frame acted on before the facts come
+    assert "prompt_mode now supplement (placeholder digits, seed 0)" in vla.log.read_text()
     vla.facts(199, 800_000_000)
     fresh = vla.act(200)
     assert fresh.prompt_mode == "supplement" and fresh.facts_age_s == pytest.approx(0.2, abs=1e-6)

@@ -239,7 +239,12 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
             if held_back or (policy_set and not spec.checkpoint and self._startup_problem):
                 self._load_initial_model(spec, EXAMPLE_CHECKPOINT)
         if any(PARAMETERS[n].group == "fusion" for n in changes):
-            self._fusion = self._fusion_config(changes)
+            fusion = self._fusion_config(changes)
+            if fusion != self._fusion:  # what acts changes: a run's log must show from which frame on
+                template = "" if fusion.template == self._fusion.template else ", a new supplement_template"
+                self.get_logger().info(f"prompt_mode now {fusion.mode} (placeholder {fusion.placeholder_kind}, seed "
+                                       f"{fusion.placeholder_seed}{template})")
+            self._fusion = fusion
         if "control_rate_hz" in changes:
             self._timer.cancel()
             self.destroy_timer(self._timer)
