@@ -248,7 +248,8 @@ def test_up_names_the_node_that_dies(tiny_models: Path, tmp_path: Path) -> None:
     result = subprocess.run(up_command(tiny_models, "--config-dir", str(tmp_path)), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2, result.stderr  # the node's own code (a bad start-up value)
-    assert "node 'vla' exited with code 2; the other nodes were stopped (supplementor exit 0)" in result.stderr, \
+    # the supplementor's own code depends on how far its start got when it was stopped
+    assert "node 'vla' exited with code 2; the other nodes were stopped (supplementor exit " in result.stderr, \
         result.stderr
 
 
