@@ -49,6 +49,9 @@ MATCH_SETTLE_S = 0.5  # discovery says "matched" a little before the first best-
 # The camera's subscribers must stay all matched this long before the first frame: the first node discovered is
 # not always the last (a realtime replay, which sends nothing twice, lost the vla's first frames to that)
 DISCOVERY_QUIET_S = 1.5
+# what each node reports on /diagnostics that decides its outputs: summary.json keeps the last heard, so a record
+# says which checkpoints and prompt settings made it
+NODE_SETTINGS = ("model_id", "policy_id", "prompt_mode", "unnorm_key", "dry_run")
 GROUND_TRUTH_TOPIC = topics.ACTION  # copied into the record (not published): predictions vs. truth per frame
 # Between the last stamp of one bag and the first of the next in a run: far beyond any facts age a node accepts, so
 # no node ever fuses one bag's facts into the next bag's frames, not even as "recent" facts.
@@ -214,6 +217,7 @@ class _Recorder:
         self.input_topics: dict[str, str] = {}
         self.inputs: list[tuple[str, int, bytes]] = []  # (live topic, publish ns, raw) of the open record
         self.outputs: list[tuple[str, int, object, bytes]] = []  # (topic, receive ns, deserialized, raw)
+        self.node_settings: dict[str, dict[str, str]] = {}  # status name -> NODE_SETTINGS fields, newest heard
 
     def open(self, path: Path | None, input_topics: dict[str, str]) -> None:
         with self.lock:
@@ -253,6 +257,9 @@ class _Recorder:
         msg = typestore().deserialize_cdr(raw, OUTPUT_TOPICS[topic])
         with self.lock:
             self.outputs.append((topic, received, msg, raw))
+            if topic == topics.DIAGNOSTICS:
+                self.node_settings.update((status.name, {kv.key: kv.value for kv in status.values
+                                                         if kv.key in NODE_SETTINGS}) for status in msg.status)
             self.lock.notify_all()
 
     def latest_statuses(self, heard_before_ns: int | None = None) -> dict[str, object]:
@@ -617,6 +624,8 @@ def replay(config: ReplayConfig) -> ReplayResult:
         if player is not None:
             player.close()
     summary = _summary(run.frames, config, [plan.name for plan in plans], run.seconds)
+    with recorder.lock:
+        summary["nodes"] = dict(sorted(recorder.node_settings.items()))
     run.write_summary(summary)
     return ReplayResult(frames=run.frames, summary=summary, out=config.out)
 

@@ -612,6 +612,10 @@ def test_lockstep_replay_through_the_running_nodes_records_one_output_per_frame(
     assert [f["facts_for_frame"] for f in result.frames] == [1] * 2 * frames, logs
     assert result.summary["actions_by_prompt_mode"] == {"none": 2 * frames}
     assert result.summary["actions_by_policy"] == {str(tiny_models / "openvla_tiny"): 2 * frames}
+    nodes = result.summary["nodes"]  # which checkpoints and settings made the record
+    assert nodes["/vla: actions"] == {"policy_id": str(tiny_models / "openvla_tiny"), "prompt_mode": "none",
+                                      "unnorm_key": "bridge_orig", "dry_run": "true"}, nodes
+    assert nodes["/supplementor: visual facts"] == {"model_id": str(tiny_models / "qwen2_5_vl_tiny")}, nodes
     for entry in result.frames:
         assert entry["action"]["prompt_mode"] == "none" and entry["ground_truth"] is not None
         sent = entry["action"]["sent"]  # what went out: the policy's vector clipped to the WidowX bounds
