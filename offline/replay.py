@@ -541,15 +541,19 @@ def _replay_bag(player: _Player, recorder: _Recorder, plan: BagPlan, config: Rep
     return entries, next_free_ns
 
 
+def actions_by(frames: list[dict], key: str) -> dict[str, int]:
+    """How many of ``frames`` were acted on with each value of the action's ``key`` (e.g. ``prompt_mode``)."""
+    return dict(sorted(Counter(f["action"][key] for f in frames if f["action"] is not None).items()))
+
+
 def _summary(frames: list[dict], config: ReplayConfig, bags: list[str], seconds: float) -> dict:
     acted = [f for f in frames if f["action"] is not None]
     waits = sorted(f["timing"]["action_wait_s"] for f in acted)
     # what acted and how: a run whose policy or prompt mode changed part-way (a resume after a parameter change)
     # shows it here, not only frame by frame
-    by = {key: dict(sorted(Counter(f["action"][key] for f in acted).items())) for key in ("prompt_mode", "policy_id")}
     return {"mode": config.mode, "rate": config.rate if config.mode == "realtime" else None, "bags": bags,
-            "frames": len(frames), "actions": len(acted), "actions_by_prompt_mode": by["prompt_mode"],
-            "actions_by_policy": by["policy_id"], "facts": sum(f["facts"] is not None for f in frames),
+            "frames": len(frames), "actions": len(acted), "actions_by_prompt_mode": actions_by(frames, "prompt_mode"),
+            "actions_by_policy": actions_by(frames, "policy_id"), "facts": sum(f["facts"] is not None for f in frames),
             "timeouts": sum(bool(f["timed_out"]) for f in frames),
             "duplicate_actions": sum(max(0, f["actions_for_frame"] - 1) for f in frames),
             "action_wait_p50_s": waits[len(waits) // 2] if waits else None,
@@ -636,15 +640,14 @@ def _check_live_topics(config: ReplayConfig) -> None:
     from rclpy.exceptions import InvalidTopicNameException
     from rclpy.validate_topic_name import validate_topic_name
 
-    named = [("--camera-topic", config.camera_topic), ("--task-topic", config.task_topic)]
+    named = [("--camera-topic ", config.camera_topic), ("--task-topic ", config.task_topic)]
     named += [(f"--remap {source}:=", target) for source, target in config.remaps.items()]
-    for option, name in named:
+    for given_as, name in named:
         try:
             validate_topic_name(name)
         except InvalidTopicNameException as exc:
             why = str(exc).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
-            raise ValueError(f"{option}{'' if option.endswith(':=') else ' '}{name!r} is not a valid ROS topic "
-                             f"name: {why}") from None
+            raise ValueError(f"{given_as}{name!r} is not a valid ROS topic name: {why}") from None
 
 
 def _parse_remap(text: str) -> tuple[str, str]:

@@ -33,15 +33,17 @@ def check_checkpoint_dir(checkpoint: str) -> None:
 
 
 def _check_files(directory: Path) -> None:
+    parsed = {}
     for name in REQUIRED_JSON:
         path = directory / name
         if not path.is_file():
             raise ValueError(f"{directory}: missing {name} (not a Qwen2.5-VL checkpoint directory)")
         try:
-            json.loads(path.read_text(encoding="utf-8"))
+            parsed[name] = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: corrupt JSON ({exc})") from None
-    model_type = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type")
+    config = parsed["config.json"]
+    model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type != MODEL_TYPE:  # e.g. the OpenVLA checkpoint given to the wrong node
         raise ValueError(f"{directory}: config.json says model_type {model_type!r}, not {MODEL_TYPE!r} "
                          "(not a Qwen2.5-VL checkpoint)")

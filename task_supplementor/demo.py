@@ -92,6 +92,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def summarise(frames: list[dict]) -> dict:
     """Frames, facts valid rate, actions and latencies from replay's per-frame records."""
+    from offline.replay import actions_by
+
     facts = [f["facts"] for f in frames if f["facts"] is not None]
     actions = [f["action"] for f in frames if f["action"] is not None]
     timing = [f["timing"] for f in frames]
@@ -116,8 +118,7 @@ def summarise(frames: list[dict]) -> dict:
         "example_supplement": next((f["supplement"] for f in sorted(facts, key=lambda f: not f["valid"])
                                     if f["supplement"]), None),
         "fused_supplements": sum(bool(a["prompt_mode"] == "supplement") for a in actions),
-        "actions_by_prompt_mode": {mode: sum(a["prompt_mode"] == mode for a in actions)
-                                   for mode in sorted({a["prompt_mode"] for a in actions})},
+        "actions_by_prompt_mode": actions_by(frames, "prompt_mode"),
     }
 
 

@@ -124,6 +124,7 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         self._acted_stamp: int | None = None  # stamp of the last frame acted on (never re-used)
         self._task_received = 0.0  # monotonic time the current task came
         self._awaiting_key = ""  # a checkpoint accepted while its statistics lack the unnorm key; loads once one is set
+        self._awaiting_warning = ""  # what the status says about it meanwhile
         self._stale_counted_stamp: int | None = None
         self._facts: deque[tuple[float, VisualFacts]] = deque(maxlen=_FACTS_KEPT)  # (monotonic receipt, facts)
         self._ticks = 0
@@ -170,12 +171,16 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
     def _check_changes(self, changes: dict[str, Any], owner: str) -> str | None:
         """The reason to reject ``changes``, or None. Cheap: reads ``owner``'s config.json at most (the checkpoint
         the unnorm key is for, see :meth:`_unnorm_key_owner`)."""
+        return self._value_problem(changes) or self._key_problem(changes, owner)
+
+    def _value_problem(self, changes: dict[str, Any]) -> str | None:
+        """Why the prompt and stale-facts values after ``changes`` cannot be used (None: they can)."""
         try:
             self._fusion_config(changes)
             self._check_stale_facts_policy(changes)
         except ValueError as error:
             return str(error)
-        return self._key_problem(changes, owner)
+        return None
 
     def _key_problem(self, changes: dict[str, Any], owner: str) -> str | None:
         """Why the ``unnorm_key`` after ``changes`` cannot un-normalise ``owner``'s actions (None: it can, or no
@@ -206,27 +211,32 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
         # also while the start-up checkpoint is held back; its owner is read once (a load ending meanwhile must not
         # change whose key it is)
         owner = self._unnorm_key_owner(changes) if policy_set or "unnorm_key" in changes else ""
-        reason = self._check_changes(changes, owner)
+        value_problem = self._value_problem(changes)
+        key_problem = self._key_problem(changes, owner)
         spec = self._policy_spec(changes)
         policy_changed = bool(spec.checkpoint) and policy_set
-        spec_problem = self._check_spec(spec) if policy_set else None
+        spec_problem = self._check_spec(spec) if policy_set and value_problem is None else None
         # a checkpoint whose statistics lack the current key, while a policy serves: accepted, and loaded once a key
         # it has is set. WHY: `ros2 param set` sets one parameter per call, and neither order could otherwise go
         # from one checkpoint to another that shares no key (e.g. to one fine-tuned with finetune.py and back)
         awaiting = (policy_changed and "unnorm_key" not in changes and self._slot.target is not None
-                    and spec_problem is None and reason is not None and reason == self._key_problem(changes, owner))
+                    and value_problem is None and spec_problem is None and key_problem is not None)
         key_arrived = "unnorm_key" in changes and not policy_set and bool(self._awaiting_key)
         # the start-up checkpoint was held back (e.g. its unnorm key was wrong), no policy came since, and the key
         # changes now: this change may be what it waited for
         held_back = ("unnorm_key" in changes and bool(spec.checkpoint) and not policy_changed
                      and self._slot.target is None and bool(self._startup_problem))
-        reason = None if awaiting else reason or spec_problem
+        reason = None if awaiting else value_problem or key_problem or spec_problem
         if reason:
             self.get_logger().error(f"rejected parameter change {changes}: {reason}")
             return SetParametersResult(successful=False, reason=reason)
         if awaiting:
             self._awaiting_key = spec.checkpoint
-            self.get_logger().warning(self._awaiting_message())
+            keys = ", ".join(sorted(self._norm_stats(spec.checkpoint)))  # read once, not at every status
+            self._awaiting_warning = (f"checkpoint {spec.checkpoint} waits for an unnorm_key of its own ({keys}; "
+                                      f"'{self._value('unnorm_key', changes)}' is not one): set unnorm_key to load "
+                                      f"it; {self._slot.current[1] or 'the serving policy'} keeps serving meanwhile")
+            self.get_logger().warning(self._awaiting_warning)
         elif policy_changed or key_arrived:  # (key_arrived: the owner below is the checkpoint that waited)
             self._unnorm_keys[owner] = self._value("unnorm_key", changes)  # there the moment the policy serves
             self._awaiting_key = ""
@@ -389,14 +399,8 @@ class VlaNode(ModelNode[PolicySpec, Policy]):
             latency_s=float(latency))
 
     # ---- diagnostics --------------------------------------------------------------------------------------------
-    def _awaiting_message(self) -> str:
-        keys = ", ".join(sorted(self._norm_stats(self._awaiting_key)))
-        return (f"checkpoint {self._awaiting_key} waits for an unnorm_key of its own ({keys}; "
-                f"'{self._param('unnorm_key')}' is not one): set unnorm_key to load it; "
-                f"{self._slot.current[1] or 'the serving policy'} keeps serving meanwhile")
-
     def _warning(self) -> str:
-        return self._awaiting_message() if self._awaiting_key else ""
+        return self._awaiting_warning if self._awaiting_key else ""
 
     def _diagnostic_fields(self) -> dict[str, str]:
         _, policy_id = self._slot.current
